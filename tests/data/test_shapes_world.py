@@ -270,9 +270,17 @@ def test_corpus_and_clip_pairs(world):
     _, annotations = _annotations(root, "train")
     assert [p["image"] for p in pairs] == [a["file"] for a in annotations]
     for pair, annotation in zip(pairs, annotations):
-        for obj in annotation["objects"]:
-            assert obj["shape"] in pair["caption"] or PLURALS[obj["shape"]] in pair["caption"]
-            assert obj["color"] in pair["caption"]
+        # CLIP's captions are counted shape tags: every shape with its exact count, no colours
+        # (with colours the contrastive loss is met without ever looking at the shapes).
+        counts = Counter(obj["shape"] for obj in annotation["objects"])
+        tags = dict(reversed(tag.split(" ")) for tag in pair["caption"].split(" and "))
+        assert {shape: int(n) for shape, n in tags.items()} == dict(counts), (pair, annotation)
+    # Lines of conversations about an image start with that image's objects, the LM learns from
+    # a description in its context.
+    align = _records(root, "align.json")
+    for line, record in zip(lines, align):
+        caption = record["conversations"][1]["value"]
+        assert line.lower().startswith(caption.split(":")[-1].strip().split(" on a ")[0].lower()), (line, caption)
 
 
 def test_eval_images_never_appear_in_training(world):

@@ -101,14 +101,16 @@ def test_length_limit_and_stop_strings(engine, mixed_requests):
 
 def test_eos_ends_the_answer(engine, mixed_requests):
     eos = engine.tokenizer.eos_token_id
-    with torch.no_grad():
-        saved = engine.model.lm_head.weight[eos].clone()
-        engine.model.lm_head.weight[eos] += 5.0  # make the model say eos at once
+
+    def favour_eos(module, inputs, logits):  # logits (B, T, V): make the model say eos at once
+        logits[..., eos] += 1e4
+        return logits
+
+    hook = engine.model.lm_head.register_forward_hook(favour_eos)
     try:
         result = engine.generate(mixed_requests[:1], DecodingConfig(max_new_tokens=MAX_NEW))[0]
     finally:
-        with torch.no_grad():
-            engine.model.lm_head.weight[eos] = saved
+        hook.remove()
     assert result.token_ids == [eos] and result.text == "" and result.finish_reason == "stop"
 
 

@@ -14,15 +14,27 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from crystalvlm.data.templates import IMAGE_PLACEHOLDER, all_template_markers
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER, TEMPLATES, Turn, all_template_markers
 
 # "</s>" deliberately not at id 2: CLIP's text tower treats eos id 2 as "legacy" and pools at the
 # highest token id instead of at the end marker.
 BASE_SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_PLACEHOLDER]
 
 
+def template_texts() -> list[str]:
+    """Every shipped template's scaffolding (system prompt, role names) around a one-word turn."""
+    turns = [Turn("user", "hello"), Turn("assistant", "yes"), Turn("user", "hello")]
+    return [template.prompt_text(turns) for template in TEMPLATES.values()]
+
+
 def train_tiny_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train, save to `out_dir` and return a byte-level BPE tokenizer."""
+    """Train, save to `out_dir` and return a byte-level BPE tokenizer.
+
+    The templates' scaffolding is weighted like a quarter of the corpus, so their words become
+    whole tokens as they are in a real LLM's vocabulary: without it Vicuna's system prompt alone
+    took ~100 tokens and doubled the length, and the cost, of every finetuning sample."""
+    texts = list(texts)
+    texts += template_texts() * max(1, len(texts) // 4)
     special = BASE_SPECIAL_TOKENS + [m for m in all_template_markers() if m not in BASE_SPECIAL_TOKENS]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -182,6 +182,17 @@ def text_phrase(scene: Scene) -> str | None:
     return f"the expression {scene.text}"
 
 
+def shape_caption(scene: Scene) -> str:
+    """'1 circle and 2 star': the scene's shapes as counted tags, sorted, no colours, no text.
+
+    The tiny CLIP learns from these. Measured on 1000 contrastive steps, with the shape-existence
+    accuracy of a linear probe on its features (chance ~0.81): full captions 0.81 (a batch's images
+    are told apart by colour alone, so the shapes are never needed), the same without colours but
+    in reading order and with the written words 0.81, sorted with plurals 0.89, these tags 0.95."""
+    counts = Counter(obj.shape for obj in scene.objects)
+    return " and ".join(f"{n} {shape}" for shape, n in sorted(counts.items()))
+
+
 def short_caption(scene: Scene) -> str:
     """'a red circle, two blue stars and the word "CAT"' — lower case, no full stop, like LCS."""
     parts = object_phrases(scene)
@@ -781,6 +792,16 @@ def build_finetune_records(
     random.Random(f"shapes-finetune-order:{seed}").shuffle(records)
     labels = {family: {"yes": c[True], "no": c[False]} for family, c in sorted(balancer.counts.items())}
     return FinetuneSet(records, {task: task_counts[task] for task in TASKS}, labels)
+
+
+def grounded_corpus_line(record: dict, scene: Scene | None) -> str:
+    """A corpus line that states what the record's image shows before its conversation:
+    'A red star and two blue circles. Is there a star in the image? ... Yes'. An LM pretrained on
+    these can learn to answer from a description earlier in its context, the skill a LLaVA reuses
+    once the projector makes image tokens read like that description. (Measured: the tiny LM's
+    200 steps are not enough to learn it for existence questions; a 2-layer LM needs ~2000.)"""
+    line = corpus_line(record)
+    return f"{sentence_caption(scene)} {line}" if scene is not None else line
 
 
 def corpus_line(record: dict) -> str:
