@@ -132,16 +132,8 @@ def _quickstart_metrics(task: str, metrics: dict[str, float]) -> dict[str, float
     return {k: metrics[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio") if k in metrics}
 
 
-def _loss_curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
-    curves = {}
-    for metrics in sorted(run_dir.glob("*/metrics.jsonl")):
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-        curves[metrics.parent.name] = ([r["step"] for r in rows], [r["loss"] for r in rows])
-    return curves
-
-
 def write_quickstart_html(out: Path, report: dict, run_dir: Path, engine, tasks) -> Path:
-    from crystalvlm.reporting import HtmlReport, close, new_figure
+    from crystalvlm.reporting import HtmlReport, add_loss_curves, close, new_figure
 
     page = HtmlReport("crystalvlm quickstart")
     page.paragraph(f"Whole run: {report['wall_seconds']} s on this machine (scale {report['scale']}, seed {report['seed']}). "
@@ -183,16 +175,7 @@ def write_quickstart_html(out: Path, report: dict, run_dir: Path, engine, tasks)
         page.figure(fig, "MME subtasks before and after")
         close(fig)
 
-    page.heading("Training loss")
-    fig, axis = new_figure(7, 3.2)
-    for stage, (steps, losses) in _loss_curves(run_dir).items():
-        axis.plot(steps, losses, label=stage)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("loss (per trained token)")
-    axis.set_yscale("log")
-    axis.legend()
-    page.figure(fig, "loss curves")
-    close(fig)
+    add_loss_curves(page, run_dir)
 
     page.heading("Examples: the trained model's answers on held-out images")
     page.examples(_example_answers(engine, tasks))

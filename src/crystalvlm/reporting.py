@@ -83,3 +83,28 @@ def close(fig) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def training_loss_curves(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """{stage: (steps, losses)} from each stage's metrics.jsonl under a run directory."""
+    import json
+
+    curves = {}
+    for metrics in sorted(Path(run_dir).glob("*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        curves[metrics.parent.name] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+    return curves
+
+
+def add_loss_curves(page: "HtmlReport", run_dir: Path) -> None:
+    """A "Training loss" section: one log-scale curve per stage of the run."""
+    page.heading("Training loss")
+    fig, axis = new_figure(7, 3.2)
+    for stage, (steps, losses) in training_loss_curves(run_dir).items():
+        axis.plot(steps, losses, label=stage)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss (per trained token)")
+    axis.set_yscale("log")
+    axis.legend()
+    page.figure(fig, "loss curves")
+    close(fig)

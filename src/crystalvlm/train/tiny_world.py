@@ -25,6 +25,15 @@ def prepare_recipe_inputs(recipe_name_or_path: str, run_dir: Path, progress: boo
     return variables
 
 
+def already_prepared(marker: Path, wanted: dict) -> dict | None:
+    """The record in `marker` (a world's prepared.json) when it was prepared with the same
+    settings and seed as `wanted`, else None: a world is reused only when nothing changed."""
+    if not marker.is_file():
+        return None
+    done = json.loads(marker.read_text())
+    return done if {"settings": done.get("settings"), "seed": done.get("seed")} == wanted else None
+
+
 def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: bool = True) -> dict:
     """Write the world, train the tokenizer, pretrain the tiny CLIP and LM; return timings."""
     from transformers import AutoTokenizer
@@ -35,10 +44,9 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
 
     marker = world / "prepared.json"
     wanted = {"settings": settings, "seed": seed}
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if {"settings": done.get("settings"), "seed": done.get("seed")} == wanted:
-            return done
+    done = already_prepared(marker, wanted)
+    if done is not None:
+        return done
     if settings.get("world", "shapes") != "shapes":
         raise ValueError(f"unknown world {settings.get('world')!r}; the tiny recipe knows 'shapes'")
     timings: dict[str, float] = {}

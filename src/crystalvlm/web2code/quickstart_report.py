@@ -12,7 +12,7 @@ import base64
 import html
 from pathlib import Path
 
-from crystalvlm.reporting import HtmlReport, close, new_figure
+from crystalvlm.reporting import HtmlReport, add_loss_curves, close, new_figure
 from crystalvlm.web2code.metrics.wcgb import METRIC_NAMES
 from crystalvlm.web2code.tasks import ScoredPage
 
@@ -75,8 +75,6 @@ def _grouped_bars(axis, labels: list[str], series: dict[str, list[float]]) -> No
 def write_web_report(out: Path, report: dict, run_dir: Path, pages: dict[str, list[ScoredPage]],
                      references: dict[str, str], count: int = 6) -> Path:
     """Write report.html; adds `examples` (ids, codes, scores) to `report`."""
-    from crystalvlm.quickstart import _loss_curves
-
     page = WebReport("crystalvlm quickstart: Web2Code")
     wcgb, wub = report["benchmarks"]["wcgb"], report["benchmarks"]["wub"]
     page.paragraph(f"Whole run: {report['wall_seconds']} s on this machine (scale {report['scale']}, seed {report['seed']}, "
@@ -125,16 +123,7 @@ def write_web_report(out: Path, report: dict, run_dir: Path, pages: dict[str, li
     page.figure(fig, "WUB accuracy")
     close(fig)
 
-    page.heading("Training loss")
-    fig, axis = new_figure(7, 3.2)
-    for stage, (steps, losses) in _loss_curves(run_dir).items():
-        axis.plot(steps, losses, label=stage)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("loss (per trained token)")
-    axis.set_yscale("log")
-    axis.legend()
-    page.figure(fig, "loss curves")
-    close(fig)
+    add_loss_curves(page, run_dir)
 
     page.heading("Examples: held-out screenshots, the HTML written for them, and its rendering")
     page.paragraph("Pages spread from the trained model's best to its worst score.", muted=True)

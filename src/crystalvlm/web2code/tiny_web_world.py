@@ -110,15 +110,15 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
 
     from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
     from crystalvlm.train.pretrain_parts import pretrain_tiny_clip, pretrain_tiny_lm
+    from crystalvlm.train.tiny_world import already_prepared
     from crystalvlm.web2code.synth import write_web_world
 
     world = Path(world)
     marker = world / "prepared.json"
     wanted = {"settings": settings, "seed": seed}
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        if {"settings": done.get("settings"), "seed": done.get("seed")} == wanted:
-            return done
+    done = already_prepared(marker, wanted)
+    if done is not None:
+        return done
     if settings.get("world", "web") != "web":
         raise ValueError(f"prepare_tiny_web_world: settings.world must be 'web', got {settings.get('world')!r}")
     viewport = tuple(int(v) for v in settings.get("viewport", DEFAULT_VIEWPORT))
