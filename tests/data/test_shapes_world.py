@@ -264,7 +264,8 @@ def test_counting_and_colour_answers_match_annotations(world):
 def test_corpus_and_clip_pairs(world):
     root, manifest = world
     lines = (root / "text_corpus.txt").read_text().splitlines()
-    assert len(lines) == manifest["counts"]["text_corpus.txt"] == N_TRAIN + manifest["counts"]["finetune.json"]
+    # one grounded line per align and finetune record, then one existence survey per training image
+    assert len(lines) == manifest["counts"]["text_corpus.txt"] == 2 * N_TRAIN + manifest["counts"]["finetune.json"]
     assert all(line.strip() and "<image>" not in line for line in lines)
     pairs = _load_json_lines(root / "clip_pairs.jsonl")
     _, annotations = _annotations(root, "train")
@@ -281,6 +282,36 @@ def test_corpus_and_clip_pairs(world):
     for line, record in zip(lines, align):
         caption = record["conversations"][1]["value"]
         assert line.lower().startswith(caption.split(":")[-1].strip().split(" on a ")[0].lower()), (line, caption)
+
+
+def test_existence_surveys_ask_every_shape_once_with_true_answers(world):
+    root, _ = world
+    lines = (root / "text_corpus.txt").read_text().splitlines()
+    surveys = lines[-N_TRAIN:]
+    _, annotations = _annotations(root, "train")
+    for line, annotation in zip(surveys, annotations):
+        present = {obj["shape"] for obj in annotation["objects"]}
+        asked = re.findall(r"Is there an? (\w+) in the image\? (Yes|No)", line)
+        assert sorted(shape for shape, _ in asked) == sorted(SHAPES), line
+        assert all((answer == "Yes") == (shape in present) for shape, answer in asked), (line, present)
+        # the description comes first: every present shape is named before the first question
+        description = line.split(" Is there ")[0].lower()
+        assert all(shape in description for shape in present), (description, present)  # plurals contain the shape
+
+
+def test_existence_records_group_several_different_questions(world):
+    root, _ = world
+    existence = [r for r in _records(root, "finetune.json") if r["id"].startswith("existence-")]
+    assert existence
+    lengths = []
+    for record in existence:
+        questions = [t["value"].removeprefix("<image>\n") for t in record["conversations"][::2]]
+        # one image per record, asked about once at the start; no question asked twice
+        assert record["conversations"][0]["value"].startswith("<image>\n")
+        assert all("<image>" not in q for q in questions)
+        assert len(set(questions)) == len(questions), record
+        lengths.append(len(questions))
+    assert max(lengths) <= 10 and sum(lengths) / len(lengths) >= 4, Counter(lengths)
 
 
 def test_eval_images_never_appear_in_training(world):

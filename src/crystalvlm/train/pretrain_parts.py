@@ -114,6 +114,36 @@ def pretrain_tiny_clip(
     return PretrainReport(step, time.time() - started, losses[0], sum(losses[-20:]) / len(losses[-20:]), losses)
 
 
+def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lines -> (input_ids, labels), each (N_blocks, block), with no line that fits in a block
+    split across two: a line starts a new block when it does not fit in what is left of the current
+    one, which is padded (labels -100 there). Lines longer than a block fill whole blocks.
+
+    Why not plain concatenation: a world's corpus line states what an image shows and then asks
+    about it; cut in two, the second half's answers cannot be inferred from its context, and the
+    lookup skill the LLaVA reuses gets only noise from them."""
+    rows: list[list[int]] = []
+    current: list[int] = []
+    for line in lines:
+        if current and len(current) + len(line) > block:
+            rows.append(current)
+            current = []
+        while len(line) > block:
+            rows.append(line[:block])
+            line = line[block:]
+        current += line
+    if current:
+        rows.append(current)
+    if not rows:
+        raise ValueError("text corpus is empty: nothing to pretrain the LM on")
+    input_ids = torch.full((len(rows), block), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), block), -100, dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        labels[index, : len(row)] = torch.tensor(row)
+    return input_ids, labels
+
+
 def pretrain_tiny_lm(
     texts: list[str],
     tokenizer,
@@ -137,13 +167,8 @@ def pretrain_tiny_lm(
     fields["bos_token_id"] = tokenizer.bos_token_id
     fields["eos_token_id"] = tokenizer.eos_token_id
     model = LlamaForCausalLM(LlamaConfig(**fields))
-    stream: list[int] = []
-    for text in texts:
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    usable = (len(stream) // block) * block
-    if usable == 0:
-        raise ValueError(f"text corpus has {len(stream)} tokens, fewer than one block of {block}")
-    blocks = torch.tensor(stream[:usable]).view(-1, block)  # (N_blocks, block)
+    lines = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    blocks, labels = pack_lines(lines, block, tokenizer.pad_token_id)  # (N_blocks, block) each
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     losses: list[float] = []
     started = time.time()
@@ -153,7 +178,7 @@ def pretrain_tiny_lm(
         batch = torch.tensor([rng.randrange(len(blocks)) for _ in range(batch_size)])
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50)
-        out = model(input_ids=blocks[batch], labels=blocks[batch])
+        out = model(input_ids=blocks[batch], labels=labels[batch])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

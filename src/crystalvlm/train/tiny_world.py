@@ -73,7 +73,7 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     timings["clip_s"] = clip.seconds
     llm = tiny_llm_config(len(tokenizer), **settings["llm"])
     lm = pretrain_tiny_lm(texts, tokenizer, llm, parts / "lm", steps=int(settings["lm_steps"]), seed=seed,
-                          progress=progress)
+                          lr=float(settings.get("lm_lr", 2e-3)), progress=progress)
     timings["lm_s"] = lm.seconds
     done = {**wanted, "timings": timings,
             "clip": {"steps": clip.steps, "first_loss": clip.first_loss, "last_loss": clip.last_loss},

@@ -6,7 +6,8 @@ Layout under `out_dir` (image paths in the training files are relative to `out_d
     images/eval/eval_000000.png ...          held-out images of POPE and CHAIR
     align.json                               stage 1 captions (LLaVA format, like LCS-558K)
     finetune.json                            stage 2 instruction mix (like LLaVA-1.5's 665K mix)
-    text_corpus.txt                          every training conversation, after its image's caption, one per line
+    text_corpus.txt                          every training conversation after its image's caption, then one
+                                             existence survey per training image; one per line
     clip_pairs.jsonl                         {"image", "caption"} per training image
     annotations/{train,eval,mme,scienceqa,textvqa}.json   ground truth of every image
     benchmarks/pope/coco_pope_{random,popular,adversarial}.json
@@ -39,7 +40,7 @@ from crystalvlm.data.synthetic.shapes_benchmarks import (
     write_json_lines, write_mme, write_pope, write_scienceqa, write_textvqa,
 )
 from crystalvlm.data.synthetic.shapes_instructions import (
-    FinetuneMix, align_record, build_finetune_records, grounded_corpus_line, shape_caption,
+    FinetuneMix, align_record, build_finetune_records, existence_survey_line, grounded_corpus_line, shape_caption,
 )
 
 WORLD_NAME = "shapes"
@@ -152,6 +153,8 @@ def write_shapes_world(
     write_json(out_dir / "finetune.json", finetune.records, sort_keys=False)
     scene_of = dict(zip(train_images, train_scenes))
     corpus = [grounded_corpus_line(record, scene_of.get(record.get("image", ""))) for record in align + finetune.records]
+    corpus += [existence_survey_line(scene, random.Random(f"shapes-survey:{seed}:{index}"))
+               for index, scene in enumerate(train_scenes)]
     (out_dir / "text_corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
     clip_pairs = [{"image": image, "caption": shape_caption(scene)} for image, scene in zip(train_images, train_scenes)]
     write_json_lines(out_dir / "clip_pairs.jsonl", clip_pairs)
