@@ -72,8 +72,9 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
                               seed=seed, progress=progress)
     timings["clip_s"] = clip.seconds
     llm = tiny_llm_config(len(tokenizer), **settings["llm"])
+    lm_lr = {"lr": float(settings["lm_lr"])} if "lm_lr" in settings else {}  # else pretrain_tiny_lm's default
     lm = pretrain_tiny_lm(texts, tokenizer, llm, parts / "lm", steps=int(settings["lm_steps"]), seed=seed,
-                          lr=float(settings.get("lm_lr", 2e-3)), progress=progress)
+                          progress=progress, **lm_lr)
     timings["lm_s"] = lm.seconds
     done = {**wanted, "timings": timings,
             "clip": {"steps": clip.steps, "first_loss": clip.first_loss, "last_loss": clip.last_loss},
