@@ -14,6 +14,7 @@ image in minutes; a contrastively pretrained tower separates shapes and colours 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class PretrainReport:
     first_loss: float
     last_loss: float
     losses: list[float]
+    chance_loss: float | None = None  # contrastive: ln(batch), the loss of features that tell nothing apart
 
 
 def _pixels(paths: list[Path], side: int, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
@@ -56,7 +58,7 @@ def pretrain_tiny_clip(
     out_dir: Path,
     steps: int,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 5e-4,
     text_hidden: int = 128,
     seed: int = 0,
     image_mean=(0.48145466, 0.4578275, 0.40821073),
@@ -64,7 +66,12 @@ def pretrain_tiny_clip(
     progress: bool = True,
 ) -> PretrainReport:
     """Contrastive pretraining for a fixed number of steps (steps, not seconds: same seed, same
-    weights on any machine), then save_pretrained."""
+    weights on any machine), then save_pretrained.
+
+    lr: measured on the shapes world (48 px, 16 px patches, 128 wide, batch 64): at 2e-3 the loss
+    jumps when the warmup ends and settles at ln(64), chance, for good; a per-patch linear probe of
+    the shape in each cell then reads 0.62 on object cells. At 5e-4 the loss falls to ~0.5 in 1000
+    steps and the same probe reads 0.995."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -111,7 +118,8 @@ def pretrain_tiny_clip(
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
     model.save_pretrained(out_dir)
-    return PretrainReport(step, time.time() - started, losses[0], sum(losses[-20:]) / len(losses[-20:]), losses)
+    return PretrainReport(step, time.time() - started, losses[0], sum(losses[-20:]) / len(losses[-20:]), losses,
+                          chance_loss=math.log(batch_size))
 
 
 def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

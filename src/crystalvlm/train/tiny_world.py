@@ -34,6 +34,17 @@ def already_prepared(marker: Path, wanted: dict) -> dict | None:
     return done if {"settings": done.get("settings"), "seed": done.get("seed")} == wanted else None
 
 
+def warn_if_contrastive_chance(report) -> bool:
+    """Print a warning when CLIP's final loss is still near chance (ln batch), the loss of a tower
+    that tells no image from another, which is what a too-high learning rate ends in; True when it
+    warned. Short runs (under 100 steps, the tests' smoke sizes) are not judged."""
+    if report.chance_loss is None or report.steps < 100 or report.last_loss <= 0.9 * report.chance_loss:
+        return False
+    print(f"warning: the tiny CLIP's loss ended at {report.last_loss:.3f}, near chance ({report.chance_loss:.3f}): "
+          "its features will not tell shapes apart; lower prepare.clip_lr", flush=True)
+    return True
+
+
 def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: bool = True) -> dict:
     """Write the world, train the tokenizer, pretrain the tiny CLIP and LM; return timings."""
     from transformers import AutoTokenizer
@@ -68,8 +79,10 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
         for line in handle:
             record = json.loads(line)
             pairs.append((world / "images" / record["image"], record["caption"]))
+    clip_lr = {"lr": float(settings["clip_lr"])} if "clip_lr" in settings else {}  # else pretrain_tiny_clip's default
     clip = pretrain_tiny_clip(pairs, tokenizer, vision, parts / "clip", steps=int(settings["clip_steps"]),
-                              seed=seed, progress=progress)
+                              seed=seed, progress=progress, **clip_lr)
+    warn_if_contrastive_chance(clip)
     timings["clip_s"] = clip.seconds
     llm = tiny_llm_config(len(tokenizer), **settings["llm"])
     lm_lr = {"lr": float(settings["lm_lr"])} if "lm_lr" in settings else {}  # else pretrain_tiny_lm's default

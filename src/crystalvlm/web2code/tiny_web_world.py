@@ -110,7 +110,7 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
 
     from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
     from crystalvlm.train.pretrain_parts import pretrain_tiny_clip, pretrain_tiny_lm
-    from crystalvlm.train.tiny_world import already_prepared
+    from crystalvlm.train.tiny_world import already_prepared, warn_if_contrastive_chance
     from crystalvlm.web2code.synth import write_web_world
 
     world = Path(world)
@@ -149,8 +149,10 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     records = json.loads(web.dwcg_train.read_text(encoding="utf-8"))
     pairs = clip_pairs(records, web.image_folder, settings.get("clip_captions", "summary"))
     vision = tiny_vision_config(**settings["vision"])
+    clip_lr = {"lr": float(settings["clip_lr"])} if "clip_lr" in settings else {}  # else pretrain_tiny_clip's default
     clip = pretrain_tiny_clip(pairs, tokenizer, vision, parts / "clip", steps=int(settings["clip_steps"]), seed=seed,
-                              progress=progress)
+                              progress=progress, **clip_lr)
+    warn_if_contrastive_chance(clip)
     timings["clip_s"] = clip.seconds
     llm = tiny_llm_config(len(tokenizer), **settings["llm"])
     lm = pretrain_tiny_lm(texts, tokenizer, llm, parts / "lm", steps=int(settings["lm_steps"]), seed=seed,
