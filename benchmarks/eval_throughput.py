@@ -9,8 +9,9 @@ keeps the figures of other thread counts already there (each entry records its o
 and load averages).
 
 All paths answer the same benchmark samples (POPE and MME of a small shapes world) greedily with the
-same model: the tiny recipe's sizes (CLIP 64 px / patch 8 / 128 wide / 4 layers, Llama 256 wide / 4
-layers, a 1024-token BPE), random weights, saved and loaded as an HF checkpoint.
+same model: the tiny recipe's sizes, read from `recipes/tiny.yaml` (now CLIP 48 px / patch 16 / 128
+wide / 4 layers, so 9 image tokens; Llama 128 wide / 2 layers; a 1024-token BPE), random weights,
+saved and loaded as an HF checkpoint.
 
 - batched: `crystalvlm.eval.runner.evaluate` with `--batch-size` (default 32): an image's questions
   side by side, batches with a KV cache, and prefix sharing: the system prompt, each image and the
@@ -53,6 +54,8 @@ def build_tiny_checkpoint(world: Path, folder: Path) -> Path:
     """The tiny recipe's model shape with random weights, saved like a trained checkpoint."""
     from transformers import AutoTokenizer
 
+    from crystalvlm.train.recipe import _read as read_recipe
+
     from crystalvlm.data.templates import get_template
     from crystalvlm.models.build import ModelSpec, build_llava
     from crystalvlm.models.checkpoint import CheckpointInfo, save_checkpoint
@@ -61,10 +64,11 @@ def build_tiny_checkpoint(world: Path, folder: Path) -> Path:
     texts = [line for line in (world / "text_corpus.txt").read_text().splitlines() if line.strip()]
     train_tiny_tokenizer(texts, folder / "tokenizer", vocab_size=1024)
     vocab = len(AutoTokenizer.from_pretrained(folder / "tokenizer"))
+    sizes = read_recipe("tiny")["prepare"]
     torch.manual_seed(0)
     spec = ModelSpec.from_dict({
-        "vision": {"config": tiny_vision_config(image_size=64, patch_size=8, hidden=128, layers=4)},
-        "llm": {"config": tiny_llm_config(vocab, hidden=256, layers=4)},
+        "vision": {"config": tiny_vision_config(**sizes["vision"])},
+        "llm": {"config": tiny_llm_config(vocab, **sizes["llm"])},
         "tokenizer": str(folder / "tokenizer"),
         "projector": "mlp2x_gelu",
     })
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.train.recipe import _read as read_recipe
 
     default_threads = torch.get_num_threads()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         work = Path(tmp)
         # 20 held-out images: 120 POPE questions per split, 4 images x 2 questions per MME subtask.
-        write_shapes_world(work / "world", n_train=64, n_eval=20, seed=0, image_size=64, progress=False)
+        image_size = int(read_recipe("tiny")["prepare"]["image_size"])
+        write_shapes_world(work / "world", n_train=64, n_eval=20, seed=0, image_size=image_size, progress=False)
         checkpoint = build_tiny_checkpoint(work / "world", work / "model")
         runs = [measure(work / "world", checkpoint, work, args.samples_per_task, args.batch_size, budget,
                         args.rounds, args.baseline_every) for budget in budgets]

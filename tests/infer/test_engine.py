@@ -162,3 +162,30 @@ def test_foreign_checkpoint_uses_the_processor_chat_template(engine, mixed_reque
     config = DecodingConfig(max_new_tokens=MAX_NEW)
     assert [r.token_ids for r in foreign.generate(mixed_requests[:2], config)] == \
         [r.token_ids for r in engine.generate(mixed_requests[:2], config)]
+
+
+def test_answers_read_like_decode_with_special_tokens_skipped(engine):
+    """A special token the model emits mid-answer (one that is not a stop) is dropped from the text
+    and from the streamed pieces, exactly as LLaVA's scripts read answers with
+    `decode(..., skip_special_tokens=True)`; the pieces joined equal the final text."""
+    from crystalvlm.infer.text_stream import AnswerText, StopRule
+
+    tokenizer = engine.processor.tokenizer
+    words = tokenizer("a red star and", add_special_tokens=False)["input_ids"]
+    more = tokenizer(" two blue circles", add_special_tokens=False)["input_ids"]
+    specials = [i for i in tokenizer.all_special_ids if i is not None]
+    assert specials
+    for special in specials:
+        ids = words + [special] + more + [special]
+        kept = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        skipped = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        assert kept != skipped
+        answer = AnswerText(tokenizer, StopRule(frozenset(), ()))
+        pieces = []
+        for token in ids:
+            answer.add(token)
+            pieces.append(answer.take_stream_piece())
+        answer.finish("length")
+        pieces.append(answer.take_stream_piece())
+        assert answer.text == kept and answer.visible_text == skipped
+        assert "".join(pieces) == skipped

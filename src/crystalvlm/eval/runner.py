@@ -131,8 +131,10 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
             chunk = todo[start:start + chunk_size]
             results = engine.generate([_request(sample) for sample, _ in chunk], config)
             for (sample, key), result in zip(chunk, results):
-                answers[sample.sample_id] = result.text
-                cache.write(json.dumps({"key": key, "id": sample.sample_id, "text": result.text}) + "\n")
+                # Stripped as LLaVA-1.5's model_vqa scripts store answers (Python's str.strip()).
+                text = result.text.strip()
+                answers[sample.sample_id] = text
+                cache.write(json.dumps({"key": key, "id": sample.sample_id, "text": text}) + "\n")
             cache.flush()
             os.fsync(cache.fileno())
             bar.update(len(chunk))

@@ -151,7 +151,7 @@ class GenerationEngine:
                 group = order[start : start + group_size]
                 answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], config, sharing)
                 for index, answer in zip(group, answers):
-                    results[index] = GenerationResult(answer.text, answer.token_ids, answer.finish_reason, prepared[index].length)
+                    results[index] = GenerationResult(answer.visible_text, answer.token_ids, answer.finish_reason, prepared[index].length)
                 if bar is not None:
                     bar.update(len(group))
         if bar is not None:
@@ -237,8 +237,9 @@ class GenerationEngine:
             cancelled = control.cancelled is not None and control.cancelled()
             reason = "cancelled" if cancelled and not best.ended else ("stop" if best.ended else "length")
             answer = final_answer(self.tokenizer, control.stop_rule, best.token_ids, reason)
-            if control.listener is not None and answer.text:
-                control.listener(answer.take_stream_piece())
+            piece = answer.take_stream_piece() if control.listener is not None else ""
+            if piece:
+                control.listener(piece)
             answers.append(answer)
         return answers
 

@@ -8,6 +8,9 @@ to U+FFFD and is held until the character completes.
 Special tokens are kept in the decoded text so that stop strings that are special tokens
 (`</s>`, `<|eot_id|>`, `<|im_end|>`) are seen. The answer ends *before* the first stop string or
 end-of-sequence id; text that might still become a stop string is held back from streaming.
+What users read — the streamed pieces and the final answer — has the remaining special tokens
+removed, as `decode(..., skip_special_tokens=True)` gives it (LLaVA's scripts and HF `generate`
+users read answers that way).
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ class AnswerText:
     _prefix_offset: int = 0
     _read_offset: int = 0
     _streamed: int = 0  # characters of `text` already handed out by `take_stream_piece`
+    _special_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self._special_tokens = special_token_strings(self.tokenizer)
+
+    @property
+    def visible_text(self) -> str:
+        """The answer as users read it: `text` without special tokens."""
+        return remove_special(self.text, self._special_tokens)
 
     @property
     def finished(self) -> bool:
@@ -100,18 +112,48 @@ class AnswerText:
         self.finish_reason = reason
 
     def take_stream_piece(self) -> str:
-        """Text not handed out yet, minus an ending that may still turn into a stop string."""
-        end = len(self.text) if self.finished else len(self.text) - self.rule.held_back(self.text)
+        """Visible text not handed out yet, minus an ending that may still turn into a stop string
+        or that may be the start of a special token (so no piece boundary splits one, and the pieces
+        joined equal `visible_text`)."""
+        if self.finished:
+            end = len(self.text)
+        else:
+            end = len(self.text) - max(self.rule.held_back(self.text), _partial_special(self.text, self._special_tokens))
         if end <= self._streamed:
             return ""
         piece = self.text[self._streamed : end]
         self._streamed = end
-        return piece
+        return remove_special(piece, self._special_tokens)
 
     def _decode(self, ids: list[int]) -> str:
         if not ids:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def special_token_strings(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special tokens as strings, longest first (so a longer one is removed whole)."""
+    return tuple(sorted({token for token in tokenizer.all_special_tokens if token}, key=len, reverse=True))
+
+
+def remove_special(text: str, special_tokens: tuple[str, ...]) -> str:
+    """`text` without the special tokens the model emitted mid-answer (e.g. `<|im_end|>` under a
+    template that does not stop on it). Assumes, as `skip_special_tokens` decoding does, that these
+    strings are produced only as the special tokens themselves."""
+    for special in special_tokens:
+        text = text.replace(special, "")
+    return text
+
+
+def _partial_special(text: str, special_tokens: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that is a proper start of a special token."""
+    longest = 0
+    for special in special_tokens:
+        for size in range(min(len(special) - 1, len(text)), longest, -1):
+            if text.endswith(special[:size]):
+                longest = size
+                break
+    return longest
 
 
 def final_answer(tokenizer, rule: StopRule, token_ids: list[int], finish_reason: str) -> AnswerText:
