@@ -80,3 +80,16 @@ def test_a_page_without_outside_references_blocks_nothing(pool, canary):
     assert result.status == "ok", result.reason
     assert result.blocked_requests == 0 and pool.traffic.blocked == before
     assert canary.hits == []
+
+
+def test_a_slot_is_renewed_once_per_renew_after_renders_not_on_every_render_after(monkeypatch):
+    # A slot's context is rebuilt after RENEW_AFTER renders to free memory; the count must restart
+    # with the new context, or every later render pays for a rebuild (3x slower on long runs).
+    from crystalvlm.web2code import render as render_module
+
+    monkeypatch.setattr(render_module, "RENEW_AFTER", 3)
+    with render_module.RenderPool(RenderSettings(viewport=(64, 64), workers=1)) as single:
+        results = single.render([f"<p>{index}</p>" for index in range(10)])
+        assert all(r.ok for r in results)
+        assert block_texts(results[-1]) == ["9"]
+        assert single.context_rebuilds == 3  # after renders 3, 6 and 9

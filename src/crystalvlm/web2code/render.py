@@ -59,6 +59,7 @@ ISOLATION_ARGS = ("--host-resolver-rules=MAP * ~NOTFOUND", "--disable-dev-shm-us
 DEAD_PROXY_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens, connections fail at once
 READY_POLL_S = 0.02
 MAX_LISTED_URLS = 16
+RENEW_AFTER = 500  # renders before a slot's context is rebuilt (frees what the renderer accumulated)
 LOCAL_RESOURCE_REFUSED = "Not allowed to load local resource:"  # Chromium's console error for file: loads
 
 
@@ -175,7 +176,8 @@ class _Slot:
     context: object = None
     page: object = None
     broken: bool = True  # needs a (re)build before use
-    renders: int = 0
+    renders: int = 0  # over the slot's life: numbers the document URLs
+    renders_since_build: int = 0  # since the context was (re)built: retires it after RENEW_AFTER
     document_url: str = ""
     html: str = ""
     served: bool = False
@@ -187,6 +189,7 @@ class _Slot:
 
     def begin(self, html: str) -> None:
         self.renders += 1
+        self.renders_since_build += 1
         self.document_url = f"{DOCUMENT_ORIGIN}/{self.index}/{self.renders}.html"
         self.html, self.served = html, False
         self.blocked, self.blocked_by_route, self.blocked_urls, self.notes = 0, 0, [], []
@@ -356,6 +359,7 @@ class RenderPool:
         page.on("console", on_console)
         context.on("page", on_popup)
         slot.context, slot.page = context, page
+        slot.renders_since_build = 0
 
     # ------------------------------------------------------------------ rendering
     async def _capture(self, slot: _Slot, settings: RenderSettings) -> tuple[bytes, PageLayout | None]:
@@ -406,7 +410,7 @@ class RenderPool:
             if "Target crashed" in reason:
                 reason = f"the browser's renderer crashed on this page (very deep or very large DOM?): {reason}"
             slot.broken = True
-        if slot.renders >= 500:  # keep memory in check on very long runs
+        if slot.renders_since_build >= RENEW_AFTER:  # keep memory in check on very long runs
             slot.broken = True
         return RenderResult(png, status, reason, blocked_requests=slot.blocked, blocked_urls=tuple(slot.blocked_urls),
                             elapsed=time.monotonic() - started, layout=layout, notes=tuple(slot.notes),
