@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
-from web_helpers import block_texts, png_size
+from web_helpers import assert_pool_healthy, block_texts, png_size
 
 from crystalvlm.web2code.render import RenderSettings
 
@@ -93,3 +95,54 @@ def test_a_slot_is_renewed_once_per_renew_after_renders_not_on_every_render_afte
         assert all(r.ok for r in results)
         assert block_texts(results[-1]) == ["9"]
         assert single.context_rebuilds == 3  # after renders 3, 6 and 9
+
+
+def _pixels(png: bytes):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+STANDARDS_PAGES = [
+    '<!DOCTYPE html><html><body style="background:pink"><h1 style="color:navy">Tiled one</h1></body></html>',
+    '<!DOCTYPE html><body><p style="color:#c00">red words</p><button>Press</button></body>',
+    '<!doctype html><div style="height:600px;background:teal">taller than its window</div><p>below</p>',
+    '<!DOCTYPE html><table border="1"><tr><td>a</td><td>b</td></tr></table><ul><li>one</li><li>two</li></ul>',
+    '<!DOCTYPE html><body style="margin:0"><div style="width:50vw;height:50vh;background:gold">quarter</div></body>',
+]
+
+
+def test_tiled_rendering_gives_each_page_the_pixels_and_layout_it_has_alone(pool):
+    alone = pool.render(STANDARDS_PAGES)
+    tiled = pool.render_tiled(STANDARDS_PAGES)
+    for index, (single, tile) in enumerate(zip(alone, tiled)):
+        assert single.ok and tile.ok, (index, single.reason, tile.reason)
+        assert png_size(tile.png) == pool.settings.viewport
+        assert (_pixels(tile.png) == _pixels(single.png)).all(), f"page {index} differs"
+        assert tile.layout == single.layout, f"page {index} layout differs"
+    assert not tiled[2].layout.fits and tiled[0].layout.fits
+    assert block_texts(tiled[4]) == ["quarter"]
+
+
+def test_tiled_rendering_refuses_quirks_mode_pages(pool):
+    with pytest.raises(ValueError, match="page 1 does not start with <!DOCTYPE html>"):
+        pool.render_tiled([STANDARDS_PAGES[0], "<p>no doctype</p>"])
+
+
+def test_a_page_that_reaches_out_on_a_sheet_is_redone_alone_with_its_own_count(pool, canary):
+    reaching = '<!DOCTYPE html><p>fetches</p><img src="http://example.com/pixel.png">'
+    results = pool.render_tiled(STANDARDS_PAGES[:2] + [reaching] + STANDARDS_PAGES[2:])
+    assert [r.status for r in results] == ["ok"] * 6
+    assert [r.blocked_requests for r in results] == [0, 0, 1, 0, 0, 0]
+    assert block_texts(results[2]) == ["fetches"] and block_texts(results[0]) == ["Tiled one"]
+    assert canary.hits == []
+
+
+def test_a_hostile_page_on_a_sheet_gets_its_own_status_and_the_pool_goes_on(js_pool):
+    endless = "<!DOCTYPE html><p>spins</p><script>while (true) {}</script>"
+    results = js_pool.render_tiled([STANDARDS_PAGES[0], endless, STANDARDS_PAGES[1]])
+    assert [r.status for r in results] == ["ok", "timeout", "ok"]
+    assert block_texts(results[2]) == ["red words", "Press"]
+    assert_pool_healthy(js_pool)

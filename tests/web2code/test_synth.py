@@ -78,3 +78,24 @@ def test_held_out_benchmark_files(world):
 def test_a_pool_of_another_size_is_refused(tmp_path, pool):
     with pytest.raises(ValueError, match="renders at"):
         write_web_world(tmp_path, 1, 1, viewport=(640, 480), pool=pool)
+
+
+@pytest.mark.browser
+def test_world_screenshots_are_what_the_page_looks_like_alone(world, pool):
+    # Simple pages are rendered many per screenshot; WCGB renders a page alone. The two must agree
+    # pixel for pixel, or the model trains on images it is never scored against.
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def pixels(data: bytes):
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+
+    pages = sorted((world.root / "pages").glob("*.html"))
+    assert len(pages) == 6
+    alone = pool.render([page.read_text() for page in pages])
+    for page, result in zip(pages, alone):
+        stored = (world.image_folder / f"{page.stem}.png").read_bytes()
+        assert (pixels(stored) == pixels(result.png)).all(), page.name

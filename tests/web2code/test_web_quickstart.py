@@ -61,7 +61,7 @@ def test_report_holds_wcgb_and_wub_before_after_and_baseline(report):
 def test_report_names_the_constant_page_and_the_training(report):
     constant = report["baselines"]["wcgb"]
     assert constant["record_id"].startswith("dwcg_train_")
-    assert constant["html"].startswith("<html>") and 0.0 <= constant["train_design2code"] <= 1.0
+    assert constant["html"].startswith("<!DOCTYPE html><html>") and 0.0 <= constant["train_design2code"] <= 1.0
     assert set(report["training"]) == {"align", "finetune"}
     assert report["training"]["align"]["steps"] == 2 and report["training"]["finetune"]["steps"] == 3
     for stage in report["training"].values():
@@ -75,7 +75,7 @@ def test_examples_pair_reference_and_generated_html(report):
     examples = report["examples"]
     assert len(examples) == 4  # every held-out page at smoke scale (fewer than the 6 shown)
     for example in examples:
-        assert example["reference_html"].startswith("<html>")
+        assert example["reference_html"].startswith("<!DOCTYPE html><html>")
         assert isinstance(example["trained_html"], str) and isinstance(example["untrained_html"], str)
         assert 0.0 <= example["trained_scores"]["design2code"] <= 1.0
     ordered = [e["trained_scores"]["design2code"] for e in examples]

@@ -7,9 +7,14 @@
   topic, palette (light or dark), font family, corner radius and alignment. About 45 tags (18-71),
   DOM depth about 7 and 21 distinct tags, head included — a little larger than the DWCG averages
   Web2Code reports (28 tags, depth 5.3, 13.6 distinct tags).
-* `complexity="simple"` — pages small enough for a tiny model to learn to write: a `<body>` with a
-  named background colour holding 1-3 of `<h1>`, `<p>`, `<button>`, `<div>` with inline styles,
-  named CSS colours and words from a 48-word vocabulary; about 100-260 characters of HTML.
+* `complexity="simple"` — pages small enough for a tiny model to learn to write: a standards-mode
+  document (`<!DOCTYPE html>`) whose `<body>` has a named background colour and holds 1-3 of
+  `<h1>`, `<p>`, `<button>`, `<div>` with inline styles, named CSS colours and 1-3 words each from
+  16 interface words ("home", "login", "contact", ...); about 110-250 characters of HTML.
+  Why 16 words: a tiny vision tower has to learn to read them from a thousand-odd screenshots.
+  Measured with a supervised word probe on 1,200 128-pixel screenshots (held-out recall of the
+  page's words): the earlier 48-word vocabulary 0.12 (chance 0.07), 16 words 0.45 (chance 0.19),
+  and 16 words from 4,900 screenshots 0.63 (chance 0.24) and still rising.
 
 Pages are self-contained (no scripts, no external resources) and every text colour contrasts
 with what it stands on.
@@ -32,9 +37,7 @@ SIMPLE_COLOURS = {  # CSS colour keywords and their sRGB values
 }
 SIMPLE_BACKGROUNDS = ("white", "yellow", "pink", "gray", "black", "blue")
 SIMPLE_WORDS = (
-    "red fox cat dog sun moon star tree blue big small fast slow happy sad new old hot cold "
-    "good day night shop home book cake tea milk bird fish car bus run jump play sing read "
-    "open help more info sale hello world time team news menu"
+    "home about menu shop sale news help login contact hello welcome order search more blog cart"
 ).split()
 SIMPLE_TAGS = ("html", "body", "h1", "p", "button", "div")
 
@@ -71,16 +74,16 @@ def _simple_page(rng: random.Random) -> tuple[str, list[str], dict]:
         kind = rng.choice(("h1", "p", "button", "div"))
         kinds.append(kind)
         if kind == "h1":
-            parts.append(f'<h1 style="color:{_readable_on(rng, background)}">{_words(rng, 1, 3)}</h1>')
+            parts.append(f'<h1 style="color:{_readable_on(rng, background)}">{_words(rng, 1, 2)}</h1>')
         elif kind == "p":
-            parts.append(f'<p style="color:{_readable_on(rng, background)}">{_words(rng, 2, 5)}</p>')
+            parts.append(f'<p style="color:{_readable_on(rng, background)}">{_words(rng, 1, 3)}</p>')
         elif kind == "button":
             fill = rng.choice([c for c in SIMPLE_COLOURS if c != background])
-            parts.append(f'<button style="background:{fill};color:{_readable_on(rng, fill, 4.5)}">{_words(rng, 1, 2)}</button>')
+            parts.append(f'<button style="background:{fill};color:{_readable_on(rng, fill, 4.5)}">{_words(rng, 1, 1)}</button>')
         else:
             fill = rng.choice([c for c in SIMPLE_COLOURS if c != background])
-            parts.append(f'<div style="background:{fill};color:{_readable_on(rng, fill, 4.5)};padding:8px">{_words(rng, 1, 3)}</div>')
-    page = f'<html><body style="background:{background}">{"".join(parts)}</body></html>'
+            parts.append(f'<div style="background:{fill};color:{_readable_on(rng, fill, 4.5)};padding:8px">{_words(rng, 1, 2)}</div>')
+    page = f'<!DOCTYPE html><html><body style="background:{background}">{"".join(parts)}</body></html>'
     return page, kinds, {"background": background}
 
 

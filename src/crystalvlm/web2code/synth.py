@@ -28,7 +28,7 @@ from pathlib import Path
 from crystalvlm.web2code.converters import HTML_PROMPTS, html_record
 from crystalvlm.web2code.dom_qa import open_questions, qa_record, yes_no_questions
 from crystalvlm.web2code.pagegen import COMPLEXITIES, GeneratedPage, generate_page
-from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
+from crystalvlm.web2code.render import STANDARDS_MODE, RenderPool, RenderResult, RenderSettings
 
 SEED_STRIDE = 2_000_003  # page seeds: seed * SEED_STRIDE + 2 * index (+1 for held-out pages)
 
@@ -54,7 +54,7 @@ def _page_stream(seed: int, held_out: bool, complexity: str):
         index += 1
 
 
-BATCH_LIMIT = 64  # pages rendered per pool call: keeps memory flat and progress moving
+BATCH_LIMIT = 256  # pages rendered per pool call: keeps memory flat and progress moving
 
 
 def _collect(stream, wanted: int, prefix: str, pool: RenderPool, require_fit: bool, exclude: set[str],
@@ -75,7 +75,10 @@ def _collect(stream, wanted: int, prefix: str, pool: RenderPool, require_fit: bo
                 continue
             seen.add(page.html)
             batch.append(page)
-        for page, result in zip(batch, pool.render([p.html for p in batch])):
+        htmls = [p.html for p in batch]
+        # Generated simple pages are standards-mode and small: many per screenshot (`render_tiled`).
+        tiled = all(STANDARDS_MODE.match(html) for html in htmls) and hasattr(pool, "render_tiled")
+        for page, result in zip(batch, pool.render_tiled(htmls) if tiled else pool.render(htmls)):
             if len(kept) == wanted:
                 break
             if not result.ok or result.layout is None:

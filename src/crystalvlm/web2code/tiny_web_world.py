@@ -27,7 +27,7 @@ from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
 
 DEFAULT_VIEWPORT = (128, 128)
 # Words of the simple pages' markup that every page shares; the CLIP summary leaves them out.
-MARKUP_WORDS = frozenset({"html", "style", "background", "color", "padding", "8px"})
+MARKUP_WORDS = frozenset({"doctype", "html", "style", "background", "color", "padding", "8px"})
 CLIP_CAPTIONS = ("summary", "words_and_summary")
 
 
@@ -64,7 +64,7 @@ class ProgressPool:
     """A `RenderPool` seen through a progress bar: renders lists in chunks and counts pages, so
     writing a world of a thousand screenshots shows how far it is. Same `settings` and `render`."""
 
-    def __init__(self, pool: RenderPool, description: str, chunk: int = 32, progress: bool = True) -> None:
+    def __init__(self, pool: RenderPool, description: str, chunk: int = 128, progress: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self._pool = pool
@@ -73,9 +73,15 @@ class ProgressPool:
         self._bar = tqdm(desc=description, unit="page", disable=not progress)
 
     def render(self, html_list: list[str], **options) -> list[RenderResult]:
+        return self._in_chunks(self._pool.render, html_list, options)
+
+    def render_tiled(self, html_list: list[str], **options) -> list[RenderResult]:
+        return self._in_chunks(self._pool.render_tiled, html_list, options)
+
+    def _in_chunks(self, render, html_list: list[str], options: dict) -> list[RenderResult]:
         results: list[RenderResult] = []
         for start in range(0, len(html_list), self._chunk):
-            results += self._pool.render(html_list[start:start + self._chunk], **options)
+            results += render(html_list[start:start + self._chunk], **options)
             self._bar.update(min(self._chunk, len(html_list) - start))
         return results
 
