@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from PIL import Image
+from render_throughput import _cpu_name  # the sibling benchmark's (this folder is on sys.path when run)
 
 from crystalvlm.web2code.pagegen import generate_page
 from crystalvlm.web2code.render import TILES_PER_SHEET, RenderPool, RenderSettings, find_chromium
@@ -37,16 +38,6 @@ def _pixel_digest(png: bytes | None) -> str | None:
         return None
     with Image.open(io.BytesIO(png)) as image:
         return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _timed(render, pages: list[str]) -> tuple[float, list]:

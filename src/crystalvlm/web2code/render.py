@@ -39,8 +39,8 @@ own browser download is not needed. Set `CRYSTALVLM_CHROMIUM` to use another bin
 from __future__ import annotations
 
 import asyncio
-import json
 import io
+import json
 import math
 import os
 import re
@@ -376,14 +376,20 @@ class RenderPool:
         slot.renders_since_build = 0
 
     # ------------------------------------------------------------------ rendering
-    async def _capture(self, slot: _Slot, settings: RenderSettings) -> tuple[bytes, PageLayout | None]:
+    @staticmethod
+    async def _load(slot: _Slot, settings: RenderSettings) -> None:
+        """Open the slot's document and wait until it is loaded (see the module docstring) and settled."""
         page = slot.page
-        limit_ms = settings.timeout_s * 1000
-        await page.goto(slot.document_url, wait_until="commit", timeout=limit_ms)
+        await page.goto(slot.document_url, wait_until="commit", timeout=settings.timeout_s * 1000)
         while await page.evaluate("document.readyState") != "complete":
             await asyncio.sleep(READY_POLL_S)
         if settings.settle_ms:
             await asyncio.sleep(settings.settle_ms / 1000)
+
+    async def _capture(self, slot: _Slot, settings: RenderSettings) -> tuple[bytes, PageLayout | None]:
+        page = slot.page
+        limit_ms = settings.timeout_s * 1000
+        await self._load(slot, settings)
         info = await page.evaluate(EXTRACT_LAYOUT_JS, {
             "maxNodes": settings.max_nodes, "fullPage": settings.full_page,
             "maxHeight": settings.max_page_height, "wantLayout": settings.extract_layout})
@@ -508,11 +514,7 @@ class RenderPool:
             await page.set_viewport_size({"width": columns * width, "height": rows * height})
 
             async def capture():
-                await page.goto(slot.document_url, wait_until="commit", timeout=settings.timeout_s * 1000)
-                while await page.evaluate("document.readyState") != "complete":
-                    await asyncio.sleep(READY_POLL_S)
-                if settings.settle_ms:
-                    await asyncio.sleep(settings.settle_ms / 1000)
+                await self._load(slot, settings)
                 options = {"maxNodes": settings.max_nodes, "fullPage": False, "maxHeight": settings.max_page_height,
                            "wantLayout": settings.extract_layout}
                 by_name = {frame.name: frame for frame in page.main_frame.child_frames}
