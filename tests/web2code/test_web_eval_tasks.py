@@ -12,7 +12,7 @@ from PIL import Image
 from crystalvlm.eval.tasks.files import BenchmarkFormatError
 from crystalvlm.eval.tasks.registry import build_task
 from crystalvlm.web2code.tasks import WubTask, extract_html, wub_majority_answer
-from crystalvlm.web2code.tiny_web_world import page_summary
+from crystalvlm.web2code.tiny_web_world import page_slots, page_summary
 
 PAGES = {
     "p0": '<html><body style="background:yellow"><h1 style="color:blue">big red fox</h1></body></html>',
@@ -100,6 +100,15 @@ def test_page_summary_keeps_tags_colours_and_words_in_order():
     assert page_summary(PAGES["p2"]) == "body black div pink black tea time"
 
 
+def test_page_slots_number_elements_and_their_words():
+    assert page_slots(PAGES["p1"]) == ("body:background:white 1:p 1:color:green 1.1:sun 1.2:moon 1.3:star "
+                                       "2:button 2:background:blue 2:color:white 2.1:open")
+    # the padding every div shares is markup, not content; a doctype and entities change nothing
+    assert page_slots(PAGES["p2"]) == "body:background:black 1:div 1:background:pink 1:color:black 1.1:tea 1.2:time"
+    assert page_slots("<!DOCTYPE html>" + PAGES["p0"].replace("fox", "f&amp;x")) == (
+        "body:background:yellow 1:h1 1:color:blue 1.1:big 1.2:red 1.3:f&x")
+
+
 # ----------------------------------------------------------------------------- with a browser
 def _wcgb_world(root: Path, pool) -> Path:
     (root / "images").mkdir(parents=True)
@@ -170,3 +179,14 @@ def test_constant_page_is_the_candidate_that_scores_best_on_the_references(pool)
         means[candidate] = sum(s.design2code for s in scores) / len(scores)
     assert chosen.train_design2code == pytest.approx(means[chosen.html])
     assert chosen.train_design2code == pytest.approx(max(means.values()))
+
+
+def test_unknown_vision_pretraining_or_captions_are_refused_before_any_work(tmp_path):
+    from crystalvlm.web2code.tiny_web_world import pretrain_vision_tower
+
+    settings = {"vision": {"image_size": 32, "patch_size": 16, "hidden": 32, "layers": 1}, "vision_steps": 1}
+    with pytest.raises(ValueError, match="vision_pretraining must be one of"):
+        pretrain_vision_tower([], tmp_path, None, {**settings, "vision_pretraining": "sift"}, tmp_path)
+    with pytest.raises(ValueError, match="vision_captions for the reader must be one of"):
+        pretrain_vision_tower([], tmp_path, None, {**settings, "vision_captions": "html"}, tmp_path)
+    assert not (tmp_path / "vision").exists()

