@@ -190,3 +190,18 @@ def test_unknown_vision_pretraining_or_captions_are_refused_before_any_work(tmp_
     with pytest.raises(ValueError, match="vision_captions for the reader must be one of"):
         pretrain_vision_tower([], tmp_path, None, {**settings, "vision_captions": "html"}, tmp_path)
     assert not (tmp_path / "vision").exists()
+
+
+def test_summary_captions_pair_each_screenshot_with_its_page_summary(tmp_path: Path):
+    from crystalvlm.web2code.converters import html_record
+    from crystalvlm.web2code.tiny_web_world import SUMMARY_PROMPT, write_summary_captions
+
+    records = [html_record(f"dwcg_{key}", f"{key}.png", html, "Please generate html code for the given image")
+               for key, html in PAGES.items()]
+    out = tmp_path / "summaries.json"
+    assert write_summary_captions(records, out) == 3
+    captions = json.loads(out.read_text())
+    assert [c["image"] for c in captions] == ["p0.png", "p1.png", "p2.png"]
+    assert captions[1]["id"] == "summary_p1"
+    assert captions[1]["conversations"][0]["value"] == f"<image>\n{SUMMARY_PROMPT}"
+    assert captions[1]["conversations"][1]["value"] == "body white p green sun moon star button blue white open"

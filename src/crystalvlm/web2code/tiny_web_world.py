@@ -134,8 +134,9 @@ def _corpus(world: Path) -> list[str]:
     from crystalvlm.data.synthetic.shapes_instructions import corpus_line
 
     lines = []
-    for name in ("dwcg_train.json", "dwu_train.json"):
-        lines += [corpus_line(record) for record in json.loads((world / name).read_text(encoding="utf-8"))]
+    for name in ("dwcg_train.json", "dwu_train.json", SUMMARIES_FILE):
+        if (world / name).exists():
+            lines += [corpus_line(record) for record in json.loads((world / name).read_text(encoding="utf-8"))]
     return [line for line in lines if line]
 
 
@@ -147,6 +148,24 @@ def _template_words() -> list[str]:
 
 
 READER_CAPTIONS = {"slots": page_slots, "summary": page_summary}
+SUMMARIES_FILE = "summaries_train.json"
+SUMMARY_PROMPT = "Describe the page: its colours, elements and text, top to bottom."
+
+
+def write_summary_captions(dwcg_records: list[dict], out: Path) -> int:
+    """Write one caption record per code-generation record: the screenshot and its page summary
+    (`page_summary`: tags, colours and words in reading order). These are the web world's
+    alignment captions: a tiny model that first learns to read a page out in this short form
+    writes the words into HTML later (0.27 words in place after 500 HTML steps, against 0.08
+    from HTML alone). Returns how many were written."""
+    captions = []
+    for record in dwcg_records:
+        html = record["conversations"][-1]["value"]
+        captions.append({"id": record["id"].replace("dwcg_", "summary_", 1), "image": record["image"],
+                         "conversations": [{"from": "human", "value": f"<image>\n{SUMMARY_PROMPT}"},
+                                           {"from": "gpt", "value": page_summary(html)}]})
+    out.write_text(json.dumps(captions, indent=1), encoding="utf-8")
+    return len(captions)
 
 
 def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, settings: dict, parts: Path,
@@ -202,7 +221,8 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     """Write the web world, train the tokenizer, pretrain the vision tower and LM; return what was done.
 
     `settings`: n_train, n_eval (pages), viewport [w, h], questions_per_page, wub_per_page,
-    tokenizer_vocab, vision {image_size, patch_size, hidden, layers}, llm {hidden, layers},
+    tokenizer_vocab, tokenizer_isolate_spaces (see `train_tiny_tokenizer`),
+    vision {image_size, patch_size, hidden, layers}, llm {hidden, layers},
     vision_pretraining, vision_steps, vision_lr, vision_captions (see `pretrain_vision_tower`),
     lm_steps. `pool` (optional) is a running RenderPool with that viewport."""
     from transformers import AutoTokenizer
@@ -238,14 +258,17 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
             pool.close()
     timings["world_s"] = time.time() - started
 
+    records = json.loads(web.dwcg_train.read_text(encoding="utf-8"))
+    write_summary_captions(records, world / SUMMARIES_FILE)
+
     started = time.time()
     texts = _corpus(world)
     parts = world / "parts"
-    train_tiny_tokenizer(texts + _template_words(), parts / "tokenizer", vocab_size=int(settings.get("tokenizer_vocab", 1024)))
+    train_tiny_tokenizer(texts + _template_words(), parts / "tokenizer", vocab_size=int(settings.get("tokenizer_vocab", 1024)),
+                         isolate_spaces=bool(settings.get("tokenizer_isolate_spaces", False)))
     tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
     timings["tokenizer_s"] = time.time() - started
 
-    records = json.loads(web.dwcg_train.read_text(encoding="utf-8"))
     vision = pretrain_vision_tower(records, web.image_folder, tokenizer, settings, parts, seed=seed, progress=progress)
     timings["vision_s"] = vision.pop("seconds")
     llm = tiny_llm_config(len(tokenizer), **settings["llm"])
