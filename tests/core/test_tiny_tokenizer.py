@@ -10,14 +10,10 @@ CORPUS = ['<p style="color:gray">help order news</p>', "body gray p help order n
           '<button style="background:red">order</button>', "news help order"] * 50
 
 
-def _word_tokens(tokenizer, text: str) -> list[str]:
-    return tokenizer.tokenize(text)
-
-
 def test_isolated_spaces_give_a_word_one_token_after_markup_and_after_a_space(tmp_path: Path):
     tokenizer = train_tiny_tokenizer(CORPUS, tmp_path / "isolated", vocab_size=2000, isolate_spaces=True)
-    after_markup = _word_tokens(tokenizer, '">order')
-    after_space = _word_tokens(tokenizer, "news order")
+    after_markup = tokenizer.tokenize('">order')
+    after_space = tokenizer.tokenize("news order")
     assert after_markup[-1] == after_space[-1] == "order"
     # the text comes back exactly, spaces included
     for text in CORPUS[:3] + ["a  double  space", " leading"]:
@@ -29,4 +25,4 @@ def test_without_isolation_a_word_after_a_space_is_another_token(tmp_path: Path)
     # the default, byte-level BPE as before: " order" and "order" are two different tokens, the
     # reason the web world asks for isolation
     tokenizer = train_tiny_tokenizer(CORPUS, tmp_path / "plain", vocab_size=2000)
-    assert _word_tokens(tokenizer, '">order')[-1] != _word_tokens(tokenizer, "news order")[-1]
+    assert tokenizer.tokenize('">order')[-1] != tokenizer.tokenize("news order")[-1]
