@@ -78,3 +78,63 @@ def test_mean_pooling_also_learns_and_an_unknown_pooling_is_refused(shape_pairs,
     assert report.held_out_recall > report.chance_recall + 0.3, (report.held_out_recall, report.chance_recall)
     with pytest.raises(ValueError, match="pooling must be one of"):
         pretrain_tiny_reader(shape_pairs, vision, tmp_path / "other", steps=1, pooling="sum", progress=False)
+
+
+def test_patch_word_labels_name_the_word_covering_most_of_each_patch():
+    from crystalvlm.train.pretrain_reader import patch_word_labels
+
+    # A 2 x 2 grid of patches, each 0.5 of the image on a side.
+    pages = [
+        [["cat", 0.0, 0.0, 0.5, 0.5],  # exactly the top-left patch
+         ["dog", 0.5, 0.5, 0.5, 0.05]],  # a sliver (10%) of the bottom-right patch: below the 20% threshold
+        [["dog", 0.1, 0.6, 0.8, 0.3],  # 60% of bottom-left and 60% of bottom-right...
+         ["cat", 0.6, 0.5, 0.4, 0.45]],  # ...but 72% of bottom-right: cat wins there
+        [],
+    ]
+    vocabulary, labels = patch_word_labels(pages, grid=2)
+    assert vocabulary == ["cat", "dog"]
+    cat, dog = 1, 2
+    assert labels.tolist() == [[cat, 0, 0, 0], [0, 0, dog, cat], [0, 0, 0, 0]]  # row-major, 0 = no word
+
+
+def _coloured_patches(count: int, seed: int, tmp_path):
+    """48-pixel images (3 x 3 patches of 16) with two or three coloured squares at random places,
+    each square's colour name as its word and its box as the word's box."""
+    import random
+
+    from PIL import Image
+
+    colours = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "gold": (230, 190, 20)}
+    rng = random.Random(seed)
+    pairs, boxes = [], []
+    for index in range(count):
+        image = Image.new("RGB", (48, 48), (255, 255, 255))
+        page = []
+        for _ in range(rng.randint(2, 3)):
+            name = rng.choice(sorted(colours))
+            x, y = rng.randrange(0, 33), rng.randrange(0, 33)
+            image.paste(colours[name], (x, y, x + 16, y + 16))
+            page.append([name, x / 48, y / 48, 16 / 48, 16 / 48])
+        path = tmp_path / f"{index}.png"
+        image.save(path)
+        pairs.append((path, " ".join(word for word, *_ in page)))
+        boxes.append(page)
+    return pairs, boxes
+
+
+def test_word_boxes_teach_each_patch_which_word_covers_it(tmp_path):
+    from crystalvlm.models.tiny import tiny_vision_config
+
+    pairs, boxes = _coloured_patches(240, seed=3, tmp_path=tmp_path)
+    vision = tiny_vision_config(image_size=48, patch_size=16, hidden=64, layers=2)
+    report = pretrain_tiny_reader(pairs, vision, tmp_path / "vision", steps=150, lr=2e-3, held_out_fraction=0.2,
+                                  word_boxes=boxes, seed=0, progress=False)
+    # Labels in the wrong patch order (or none at all) would leave the dense head near chance.
+    assert report.word_patch_accuracy > report.word_patch_chance + 0.4, (report.word_patch_accuracy,
+                                                                        report.word_patch_chance)
+    without = pretrain_tiny_reader(pairs, vision, tmp_path / "plain", steps=2, seed=0, progress=False)
+    assert without.word_patch_accuracy is None
+    with pytest.raises(ValueError, match="3 pages of word boxes for 240 pairs"):
+        pretrain_tiny_reader(pairs, vision, tmp_path / "x", steps=1, word_boxes=boxes[:3], progress=False)
+    with pytest.raises(ValueError, match="hold no words"):
+        pretrain_tiny_reader(pairs, vision, tmp_path / "x", steps=1, word_boxes=[[] for _ in pairs], progress=False)

@@ -92,10 +92,10 @@ def canary():
 
 @pytest.fixture(scope="session")
 def pool(canary):
-    """JavaScript off (the default), small viewport, two reused pages."""
+    """JavaScript off (the default), small viewport, two reused pages, each word's box read out."""
     from crystalvlm.web2code.render import RenderPool, RenderSettings
 
-    with RenderPool(RenderSettings(viewport=SMALL_VIEWPORT, timeout_s=6.0, workers=2,
+    with RenderPool(RenderSettings(viewport=SMALL_VIEWPORT, timeout_s=6.0, workers=2, word_boxes=True,
                                    fallback_proxy=canary.proxy)) as warm:
         yield warm
 

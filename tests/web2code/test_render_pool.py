@@ -146,3 +146,26 @@ def test_a_hostile_page_on_a_sheet_gets_its_own_status_and_the_pool_goes_on(js_p
     assert [r.status for r in results] == ["ok", "timeout", "ok"]
     assert block_texts(results[2]) == ["red words", "Press"]
     assert_pool_healthy(js_pool)
+
+
+def test_word_boxes_name_each_word_where_the_browser_drew_it(pool, js_pool):
+    page = ('<!DOCTYPE html><body style="margin:0"><p style="margin:0;width:120px">red words here</p>'
+            '<button>Go on</button></body>')
+    (result,) = pool.render([page])
+    paragraph, button = result.layout.text_blocks
+    assert [w.text for w in paragraph.words] == ["red", "words", "here"]
+    assert [w.text for w in button.words] == ["Go", "on"]
+    for block in (paragraph, button):
+        bx, by, bw, bh = block.bbox
+        for word in block.words:
+            x, y, w, h = word.bbox
+            assert w > 0 and h > 0
+            assert bx - 1e-6 <= x and x + w <= bx + bw + 1e-6 and by - 1e-6 <= y and y + h <= by + bh + 1e-6
+    first, second, _ = paragraph.words
+    assert first.bbox[0] + first.bbox[2] <= second.bbox[0]  # one line, left to right
+    assert button.words[0].bbox[1] > first.bbox[1]  # the button sits below the paragraph
+    (tiled,) = pool.render_tiled([page])
+    assert tiled.layout == result.layout
+    (plain,) = js_pool.render([page])  # a pool that was not asked for word boxes reads none
+    assert [block.text for block in plain.layout.text_blocks] == ["red words here", "Go on"]
+    assert all(block.words == () for block in plain.layout.text_blocks)

@@ -12,6 +12,7 @@ from crystalvlm.data.records import load_records
 from crystalvlm.web2code.converters import HTML_PROMPTS
 from crystalvlm.web2code.pagegen import generate_page, generate_pages
 from crystalvlm.web2code.synth import write_web_world
+from crystalvlm.web2code.tiny_web_world import page_words
 from crystalvlm.web2code.wub import load_wub_questions
 
 
@@ -72,6 +73,17 @@ def test_held_out_benchmark_files(world):
     assert all(q["Q"].endswith("Answer with Yes or No.") for q in questions)
     manifest = json.loads(world.manifest.read_text())
     assert manifest["seed"] == 7 and manifest["viewport"] == list(SMALL_VIEWPORT)
+
+
+@pytest.mark.browser
+def test_word_boxes_cover_every_screenshot_with_its_pages_words_in_order(world):
+    boxes = json.loads(world.word_boxes.read_text())
+    images = sorted(path.name for path in world.image_folder.glob("*.png"))
+    assert sorted(boxes) == images and len(images) == 6
+    for image, words in boxes.items():
+        html = (world.root / "pages" / image.replace(".png", ".html")).read_text()
+        assert " ".join(word for word, *_ in words) == page_words(html)
+        assert all(0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 1 and y + h <= 1 for _, x, y, w, h in words)
 
 
 @pytest.mark.browser

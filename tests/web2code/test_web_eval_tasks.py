@@ -189,6 +189,10 @@ def test_unknown_vision_pretraining_or_captions_are_refused_before_any_work(tmp_
         pretrain_vision_tower([], tmp_path, None, {**settings, "vision_pretraining": "sift"}, tmp_path)
     with pytest.raises(ValueError, match="vision_captions for the reader must be one of"):
         pretrain_vision_tower([], tmp_path, None, {**settings, "vision_captions": "html"}, tmp_path)
+    record = {"image": "train_00003.png", "conversations": [{"value": "<image>"}, {"value": "<p>cart</p>"}]}
+    with pytest.raises(ValueError, match="no word boxes for 1 screenshots .first: train_00003.png"):
+        pretrain_vision_tower([record], tmp_path, None, {**settings, "vision_word_boxes": True}, tmp_path,
+                              word_boxes={"train_00004.png": []})
     assert not (tmp_path / "vision").exists()
 
 

@@ -8,7 +8,9 @@ the model.
 Projectors. `mlp2x_gelu` is LLaVA-1.5's Linear-GELU-Linear, which is exactly HF's
 LlavaMultiModalProjector. `linear` is expressed natively too: the same two Linear layers with the
 identity activation compose to one linear map of the same rank (min(vision, text) width), so a
-checkpoint with a linear projector still loads with no crystalvlm code.
+checkpoint with a linear projector still loads with no crystalvlm code. It also starts as one map:
+the first layer initialised like LLaVA's `nn.Linear`, the second (text width square) as the
+identity (`start_as_one_linear_map`).
 """
 
 from __future__ import annotations
@@ -177,6 +179,8 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[Llav
     )
     config.pad_token_id = tokenizer.pad_token_id
     model = LlavaForConditionalGeneration(config)
+    if spec.projector == "linear":
+        start_as_one_linear_map(model.model.multi_modal_projector)
     if spec.vision.pretrained:
         _load_vision_weights(model, spec.vision)
     if spec.llm.pretrained:
@@ -196,6 +200,22 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[Llav
         num_additional_image_tokens=extra_vision_tokens(vision_config),
     )
     return model, processor
+
+
+def start_as_one_linear_map(projector: torch.nn.Module) -> None:
+    """Make the native two-layer `linear` projector start as the single Linear LLaVA builds.
+
+    Left to the library's initialisation both layers are drawn with std 0.02, and their product is
+    a map ~0.02 * 0.02 * sqrt(width) strong whose two factors barely move at first, as in any deep
+    linear network started near zero. On the tiny web world that left the LLaVA unable to learn to
+    read a page's words in 800 steps where a single linear map learns it in ~300. So `linear_1`
+    is initialised as `torch.nn.Linear` initialises itself (what LLaVA's own `linear` projector
+    starts from) and `linear_2`, square at the text width, as the identity with zero bias."""
+    with torch.no_grad():
+        projector.linear_1.reset_parameters()
+        torch.nn.init.eye_(projector.linear_2.weight)
+        if projector.linear_2.bias is not None:
+            projector.linear_2.bias.zero_()
 
 
 def parameter_summary(model: LlavaForConditionalGeneration) -> dict[str, dict[str, int]]:

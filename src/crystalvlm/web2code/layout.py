@@ -25,10 +25,17 @@ RGB = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
+class WordBox:
+    text: str  # one whitespace-separated word as written in the page
+    bbox: tuple[float, float, float, float]  # x, y, w, h as fractions of the captured image
+
+
+@dataclass(frozen=True)
 class TextBlock:
     text: str
     bbox: tuple[float, float, float, float]  # x, y, w, h as fractions of the captured image
     color: RGB
+    words: tuple[WordBox, ...] = ()  # each word's box, when the render asked for them (RenderSettings.word_boxes)
 
     @property
     def area(self) -> float:
@@ -86,6 +93,8 @@ class PageLayout:
                 text=text,
                 bbox=(x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height),
                 color=_rgb(block["color"]),
+                words=tuple(WordBox(word, (wx0 / width, wy0 / height, (wx1 - wx0) / width, (wy1 - wy0) / height))
+                            for word, wx0, wy0, wx1, wy1 in block.get("words", [])),
             ))
         elements = []
         for item in data.get("elements", []):
@@ -123,7 +132,7 @@ def _rgb(values) -> RGB:
     return (int(round(values[0])), int(round(values[1])), int(round(values[2])))
 
 
-# Runs in the page; returns plain JSON. `opts`: {maxNodes, fullPage, maxHeight, wantLayout}.
+# Runs in the page; returns plain JSON. `opts`: {maxNodes, fullPage, maxHeight, wantLayout, wordBoxes}.
 # Boxes are [x0, y0, x1, y1] in CSS pixels of the page, clipped to the captured area.
 EXTRACT_LAYOUT_JS = r"""
 (opts) => {
@@ -185,7 +194,7 @@ EXTRACT_LAYOUT_JS = r"""
     containerCache.set(start, found);
     return found;
   }
-  let visited = 0;
+  let visited = 0, wordsSeen = 0;
   const groups = new Map(), order = [];
   // Depth-first walk by hand: TreeWalker filters are callbacks, which a page with JavaScript
   // disabled refuses to run.
@@ -224,7 +233,7 @@ EXTRACT_LAYOUT_JS = r"""
       if (!box) continue;
       const container = containerOf(parent);
       let g = groups.get(container);
-      if (!g) { g = {text: '', box: null, colours: new Map(), last: null}; groups.set(container, g); order.push(g); }
+      if (!g) { g = {text: '', box: null, colours: new Map(), last: null, words: []}; groups.set(container, g); order.push(g); }
       // Inline pieces set apart on screen (nav links with margins, a new line) read as separate words.
       const first = range.getClientRects()[0];
       if (g.last && first && (first.left > g.last.right + 0.5 || first.top >= g.last.bottom)) g.text += ' ';
@@ -232,6 +241,25 @@ EXTRACT_LAYOUT_JS = r"""
       if (rects.length) g.last = rects[rects.length - 1];
       g.text += raw;
       g.box = union(g.box, box);
+      if (opts.wordBoxes) {
+        // Each word's own box (the union of its line pieces), for training a reader to say which word
+        // sits where; capped like the node walk so a huge text cannot stall the read-out.
+        const word = /\S+/g;
+        let m;
+        while ((m = word.exec(raw))) {
+          if (++wordsSeen > opts.maxNodes) { out.truncated = true; break; }
+          const piece = document.createRange();
+          piece.setStart(node, m.index);
+          piece.setEnd(node, m.index + m[0].length);
+          let wordBox = null;
+          for (const r of piece.getClientRects()) {
+            if (r.width <= 0 || r.height <= 0) continue;
+            const c = clip(r.left + sx, r.top + sy, r.width, r.height);
+            if (c) wordBox = union(wordBox, c);
+          }
+          if (wordBox) g.words.push([m[0], ...wordBox]);
+        }
+      }
       const key = colour.slice(0, 3).join(',');
       g.colours.set(key, (g.colours.get(key) || 0) + raw.trim().length);
     }
@@ -239,7 +267,8 @@ EXTRACT_LAYOUT_JS = r"""
   out.blocks = order.map(g => {
     let best = null, bestCount = -1;
     for (const [key, count] of g.colours) if (count > bestCount) { best = key; bestCount = count; }
-    return {text: g.text.replace(/\s+/g, ' ').trim(), box: g.box, color: best.split(',').map(Number)};
+    return {text: g.text.replace(/\s+/g, ' ').trim(), box: g.box, color: best.split(',').map(Number),
+            words: g.words};
   }).filter(b => b.text.length > 0);
 
   const elements = [];

@@ -74,7 +74,7 @@ def run_web_quickstart(out: Path, scale: str = "full", seed: int = 0, batch_size
     viewport = tuple(int(v) for v in raw["prepare"]["viewport"])
     timings: dict[str, float] = {}
 
-    with RenderPool(RenderSettings(viewport=viewport)) as pool:
+    with RenderPool(RenderSettings(viewport=viewport, word_boxes=True)) as pool:
         _banner(f"1/6 making the web world ({viewport[0]}x{viewport[1]} screenshots) and its tiny pretrained parts")
         prepared = prepare_tiny_web_world(world, raw["prepare"], seed=seed, pool=pool)
         timings["prepare_s"] = time.time() - started

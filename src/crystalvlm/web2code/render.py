@@ -120,6 +120,7 @@ class RenderSettings:
     settle_ms: int = 0  # extra wait after the load event (for pages with JavaScript on)
     extract_layout: bool = True  # read text blocks, elements and the DOM tree (for metrics and QA)
     max_nodes: int = 5000  # layout read-out stops after this many nodes (huge pages)
+    word_boxes: bool = False  # also each word's box in the text blocks (tiny-world reader pretraining)
     max_html_chars: int = 5_000_000
     device_scale_factor: float = 1.0
     chromium: str | None = None  # binary; None: find_chromium()
@@ -392,7 +393,8 @@ class RenderPool:
         await self._load(slot, settings)
         info = await page.evaluate(EXTRACT_LAYOUT_JS, {
             "maxNodes": settings.max_nodes, "fullPage": settings.full_page,
-            "maxHeight": settings.max_page_height, "wantLayout": settings.extract_layout})
+            "maxHeight": settings.max_page_height, "wantLayout": settings.extract_layout,
+            "wordBoxes": settings.word_boxes})
         if page.url != slot.document_url:
             raise _LeftPage(f"the page navigated away to {page.url[:120]}")
         if settings.full_page:
@@ -516,7 +518,7 @@ class RenderPool:
             async def capture():
                 await self._load(slot, settings)
                 options = {"maxNodes": settings.max_nodes, "fullPage": False, "maxHeight": settings.max_page_height,
-                           "wantLayout": settings.extract_layout}
+                           "wantLayout": settings.extract_layout, "wordBoxes": settings.word_boxes}
                 by_name = {frame.name: frame for frame in page.main_frame.child_frames}
                 frames = [by_name.get(f"tile-{index}") for index in range(len(pages))]
                 if any(frame is None for frame in frames):
@@ -757,7 +759,8 @@ def layout_to_json(layout: PageLayout) -> dict:
         "width": layout.width, "height": layout.height, "document_height": layout.document_height,
         "document_width": layout.document_width,
         "background": list(layout.background), "truncated": layout.truncated, "title": layout.title,
-        "text_blocks": [{"text": b.text, "bbox": list(b.bbox), "color": list(b.color)} for b in layout.text_blocks],
+        "text_blocks": [{"text": b.text, "bbox": list(b.bbox), "color": list(b.color),
+                         "words": [[w.text, *w.bbox] for w in b.words]} for b in layout.text_blocks],
         "elements": [{"tag": e.tag, "text": e.text, "own_text": e.own_text, "bbox": list(e.bbox),
                       "color": list(e.color), "background": list(e.background) if e.background else None,
                       "font_size": e.font_size, "bold": e.bold, "depth": e.depth} for e in layout.elements],

@@ -11,6 +11,8 @@ held-out benchmark files, from one seed.
       eval/dwcg_eval.json        the held-out pages as screenshot -> HTML records
       eval/wcgb.jsonl            WCGB: {"id", "image", "html", "prompt"} per held-out page
       eval/wub.jsonl             WUB: {"question_id", "image", "Q", "A"} Yes/No questions (held-out pages)
+      word_boxes.json            {image: [[word, x, y, w, h], ...]} every word's box as fractions of the
+                                 screenshot, when the pool reads them (RenderSettings.word_boxes)
       manifest.json              seed, settings, counts, pages skipped and why
 
 With `complexity="simple"` the pages are tiny (see `pagegen`) and, by default, a page is kept only
@@ -43,6 +45,7 @@ class WebWorld:
     wcgb: Path
     wub: Path
     manifest: Path
+    word_boxes: Path
     counts: dict
 
 
@@ -126,7 +129,7 @@ def write_web_world(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 
     for folder in ("pages", "images", "eval"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     own_pool = pool is None
-    pool = pool or RenderPool(RenderSettings(viewport=viewport, timeout_s=timeout_s, workers=workers))
+    pool = pool or RenderPool(RenderSettings(viewport=viewport, timeout_s=timeout_s, workers=workers, word_boxes=True))
     skipped: list[str] = []
     bar = None
     if progress:
@@ -175,13 +178,16 @@ def write_web_world(out_dir: str | Path, n_train: int, n_eval: int, seed: int = 
     paths = {
         "dwcg_train": root / "dwcg_train.json", "dwu_train": root / "dwu_train.json",
         "dwcg_eval": root / "eval" / "dwcg_eval.json", "wcgb": root / "eval" / "wcgb.jsonl",
-        "wub": root / "eval" / "wub.jsonl", "manifest": root / "manifest.json",
+        "wub": root / "eval" / "wub.jsonl", "manifest": root / "manifest.json", "word_boxes": root / "word_boxes.json",
     }
     paths["dwcg_train"].write_text(json.dumps(dwcg_train, indent=1), encoding="utf-8")
     paths["dwu_train"].write_text(json.dumps(dwu_train, indent=1), encoding="utf-8")
     paths["dwcg_eval"].write_text(json.dumps(dwcg_eval, indent=1), encoding="utf-8")
     paths["wcgb"].write_text("".join(json.dumps(line) + "\n" for line in wcgb_lines), encoding="utf-8")
     paths["wub"].write_text("".join(json.dumps(line) + "\n" for line in wub_lines), encoding="utf-8")
+    word_boxes = {f"{page.page_id}.png": [[word.text, *word.bbox] for block in result.layout.text_blocks
+                                          for word in block.words] for page, result in train + held_out}
+    paths["word_boxes"].write_text(json.dumps(word_boxes), encoding="utf-8")
     counts = {"train_pages": len(train), "eval_pages": len(held_out), "dwcg_train": len(dwcg_train),
               "dwu_train": len(dwu_train), "wub_questions": len(wub_lines),
               "wub_yes": sum(line["A"] == "Yes" for line in wub_lines)}
