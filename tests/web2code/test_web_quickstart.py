@@ -105,6 +105,7 @@ def test_report_html_has_tables_plots_and_side_by_side_examples(web_quickstart, 
     parser.feed(page)
     assert parser.tags.get("table", 0) >= 3  # WCGB, WUB, examples
     assert "constant baseline" in page and "WUB" in page
+    assert ("Target met" if report["target"]["met"] else "Target not met") in page
     # 4 plots (WCGB bars, per-page scores, WUB bars, loss) + per example: reference + 2 renderings.
     assert len(parser.images) >= 4 + 4 * 1
     sizes = []
@@ -135,3 +136,15 @@ def test_evaluation_files_and_a_native_checkpoint(web_quickstart, report):
     assert processor.image_processor.size["height"] == 128
     recipe = (web_quickstart / "run" / "recipe.yaml").read_text()
     assert "name: tiny-web" in recipe
+
+
+def test_the_report_says_whether_the_target_was_met_and_by_how_much(report):
+    from crystalvlm.web2code.quickstart_report import target_verdict
+
+    target = report["target"]
+    assert set(target["leads"]) == set(METRIC_NAMES) | {"wub_accuracy"}
+    assert target == target_verdict(report["benchmarks"])  # recomputed from the stored scores
+    wub = report["benchmarks"]["wub"]
+    assert target["leads"]["wub_accuracy"] == pytest.approx(
+        wub["after"]["accuracy"] - max(wub["before"]["accuracy"], wub["baseline"]["accuracy"]), abs=1e-4)
+

@@ -56,7 +56,7 @@ def run_web_quickstart(out: Path, scale: str = "full", seed: int = 0, batch_size
     from crystalvlm.train.recipe import apply_overrides, load_recipe
     from crystalvlm.train.trainer import TrainOptions, train_recipe
     from crystalvlm.web2code.constant_baseline import choose_constant_page
-    from crystalvlm.web2code.quickstart_report import print_summary, write_web_report
+    from crystalvlm.web2code.quickstart_report import print_summary, target_verdict, write_web_report
     from crystalvlm.web2code.render import RenderPool, RenderSettings
     from crystalvlm.web2code.tasks import WcgbTask, WubTask, wub_majority_answer
     from crystalvlm.web2code.tiny_web_world import prepare_tiny_web_world
@@ -147,6 +147,7 @@ def run_web_quickstart(out: Path, scale: str = "full", seed: int = 0, batch_size
                           "wub": {"kind": "majority answer", "answer": majority}},
             "max_new_tokens": {"wcgb": wcgb.max_new_tokens, "wub": wub.max_new_tokens},
         }
+        report["target"] = target_verdict(report["benchmarks"])
         write_web_report(out, report, run_dir, {"before": before_pages, "baseline": baseline_pages, "after": after_pages},
                          {sample.sample_id: sample.target for sample in wcgb.samples()}, count=EXAMPLES)
     report["wall_seconds"] = round(time.time() - started, 1)

@@ -53,6 +53,34 @@ def pick_examples(pages: dict[str, list[ScoredPage]], count: int) -> list[int]:
     return [order[round(k * step)] for k in range(count)]
 
 
+# "Clearly beat": the trained model must lead both the untrained model and the constant baseline by
+# at least this much on every WCGB metric (scores 0-1) and on WUB accuracy (percent).
+WCGB_MARGIN = 0.05
+WUB_MARGIN = 5.0
+
+
+def target_verdict(benchmarks: dict) -> dict:
+    """Whether the run met the web quickstart's target: for each WCGB metric and for WUB accuracy,
+    the trained score's lead over the better of the untrained model and the constant baseline."""
+    leads = {}
+    for metric in METRIC_NAMES:
+        scores = benchmarks["wcgb"]
+        leads[metric] = scores["after"][metric] - max(scores["before"][metric], scores["baseline"][metric])
+    wub = benchmarks["wub"]
+    leads["wub_accuracy"] = wub["after"]["accuracy"] - max(wub["before"]["accuracy"], wub["baseline"]["accuracy"])
+    short = [name for name, lead in leads.items() if lead < (WUB_MARGIN if name == "wub_accuracy" else WCGB_MARGIN)]
+    return {"met": not short, "short_of_target": short, "wcgb_margin": WCGB_MARGIN, "wub_margin": WUB_MARGIN,
+            "leads": {name: round(lead, 4) for name, lead in leads.items()}}
+
+
+def verdict_sentence(verdict: dict) -> str:
+    margins = f"by at least {verdict['wcgb_margin']} on every WCGB metric and {verdict['wub_margin']} points on WUB"
+    if verdict["met"]:
+        return f"Target met: the trained model beats both the untrained model and the constant baseline {margins}."
+    return (f"Target not met: the trained model must beat both the untrained model and the constant baseline "
+            f"{margins}; short on {', '.join(verdict['short_of_target'])}.")
+
+
 def _metric_rows(benchmark: dict, metrics: list[str]) -> tuple[list[list[object]], list[list[str]]]:
     rows, classes = [], []
     for metric in metrics:
@@ -79,6 +107,8 @@ def write_web_report(out: Path, report: dict, run_dir: Path, pages: dict[str, li
     wcgb, wub = report["benchmarks"]["wcgb"], report["benchmarks"]["wub"]
     page.paragraph(f"Whole run: {report['wall_seconds']} s on this machine (scale {report['scale']}, seed {report['seed']}, "
                    f"screenshots {report['viewport'][0]}x{report['viewport'][1]}). Checkpoint: {report['checkpoint']}")
+    if "target" in report:
+        page.paragraph(verdict_sentence(report["target"]))
     counts = report.get("world_counts", {})
     page.paragraph(f"World: {counts.get('train_pages', '?')} training pages, {counts.get('eval_pages', '?')} held-out pages "
                    f"(WCGB), {counts.get('wub_questions', '?')} held-out Yes/No questions (WUB).", muted=True)
@@ -153,6 +183,8 @@ def print_summary(report: dict, out: Path, final: Path, world: Path) -> None:
         print(f"  {metric:<12} {wcgb['before'][metric]:.3f} / {wcgb['baseline'][metric]:.3f} / {wcgb['after'][metric]:.3f}")
     print(f"WUB accuracy: {wub['before']['accuracy']:.1f}% / {wub['baseline']['accuracy']:.1f}% / "
           f"{wub['after']['accuracy']:.1f}%")
+    if "target" in report:
+        print(verdict_sentence(report["target"]))
     print(f"\nwall time {report['wall_seconds']} s; report: {out / 'report.html'} and {out / 'report.json'}")
     example = next((world / "images").glob("eval_*.png"), None)
     if example:
