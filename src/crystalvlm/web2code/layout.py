@@ -179,6 +179,16 @@ EXTRACT_LAYOUT_JS = r"""
     if (!a) return b;
     return [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[2], b[2]), Math.max(a[3], b[3])];
   }
+  // The union of a range's line pieces on screen, clipped to the capture; null when none shows.
+  function visibleBox(range) {
+    let box = null;
+    for (const r of range.getClientRects()) {
+      if (r.width <= 0 || r.height <= 0) continue;
+      const c = clip(r.left + sx, r.top + sy, r.width, r.height);
+      if (c) box = union(box, c);
+    }
+    return box;
+  }
   const SKIP = new Set(['SCRIPT', 'STYLE', 'NOSCRIPT', 'TEMPLATE', 'HEAD', 'TITLE', 'META', 'LINK']);
   const containerCache = new Map();
   // The nearest ancestor that is not laid out inline: the text block a text node belongs to.
@@ -224,12 +234,7 @@ EXTRACT_LAYOUT_JS = r"""
       if (colour[3] === 0) continue;
       const range = document.createRange();
       range.selectNodeContents(node);
-      let box = null;
-      for (const r of range.getClientRects()) {
-        if (r.width <= 0 || r.height <= 0) continue;
-        const c = clip(r.left + sx, r.top + sy, r.width, r.height);
-        if (c) box = union(box, c);
-      }
+      const box = visibleBox(range);
       if (!box) continue;
       const container = containerOf(parent);
       let g = groups.get(container);
@@ -251,12 +256,7 @@ EXTRACT_LAYOUT_JS = r"""
           const piece = document.createRange();
           piece.setStart(node, m.index);
           piece.setEnd(node, m.index + m[0].length);
-          let wordBox = null;
-          for (const r of piece.getClientRects()) {
-            if (r.width <= 0 || r.height <= 0) continue;
-            const c = clip(r.left + sx, r.top + sy, r.width, r.height);
-            if (c) wordBox = union(wordBox, c);
-          }
+          const wordBox = visibleBox(piece);
           if (wordBox) g.words.push([m[0], ...wordBox]);
         }
       }

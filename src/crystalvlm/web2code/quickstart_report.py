@@ -62,10 +62,9 @@ WUB_MARGIN = 5.0
 def target_verdict(benchmarks: dict) -> dict:
     """Whether the run met the web quickstart's target: for each WCGB metric and for WUB accuracy,
     the trained score's lead over the better of the untrained model and the constant baseline."""
-    leads = {}
-    for metric in METRIC_NAMES:
-        scores = benchmarks["wcgb"]
-        leads[metric] = scores["after"][metric] - max(scores["before"][metric], scores["baseline"][metric])
+    scores = benchmarks["wcgb"]
+    leads = {metric: scores["after"][metric] - max(scores["before"][metric], scores["baseline"][metric])
+             for metric in METRIC_NAMES}
     wub = benchmarks["wub"]
     leads["wub_accuracy"] = wub["after"]["accuracy"] - max(wub["before"]["accuracy"], wub["baseline"]["accuracy"])
     short = [name for name, lead in leads.items() if lead < (WUB_MARGIN if name == "wub_accuracy" else WCGB_MARGIN)]

@@ -280,7 +280,8 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
     timings["tokenizer_s"] = time.time() - started
 
-    word_boxes = json.loads(web.word_boxes.read_text(encoding="utf-8"))
+    word_boxes = (json.loads(web.word_boxes.read_text(encoding="utf-8"))
+                  if settings.get("vision_word_boxes", False) else None)
     vision = pretrain_vision_tower(records, web.image_folder, tokenizer, settings, parts, seed=seed, progress=progress,
                                    word_boxes=word_boxes)
     timings["vision_s"] = vision.pop("seconds")
