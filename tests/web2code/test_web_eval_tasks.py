@@ -209,3 +209,14 @@ def test_summary_captions_pair_each_screenshot_with_its_page_summary(tmp_path: P
     assert captions[1]["id"] == "summary_p1"
     assert captions[1]["conversations"][0]["value"] == f"<image>\n{SUMMARY_PROMPT}"
     assert captions[1]["conversations"][1]["value"] == "body white p green sun moon star button blue white open"
+
+
+@pytest.mark.browser
+def test_a_pool_without_word_boxes_is_refused_before_any_page_is_rendered(tmp_path, js_pool):
+    from crystalvlm.web2code.tiny_web_world import prepare_tiny_web_world
+
+    with pytest.raises(ValueError, match="vision_word_boxes needs a pool that reads word boxes"):
+        prepare_tiny_web_world(tmp_path / "world", {"world": "web", "viewport": [320, 240], "n_train": 4, "n_eval": 1,
+                                                    "vision_word_boxes": True}, pool=js_pool, progress=False)
+    assert not (tmp_path / "world" / "images").exists()
+

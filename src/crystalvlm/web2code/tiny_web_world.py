@@ -252,6 +252,10 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     if settings.get("world", "web") != "web":
         raise ValueError(f"prepare_tiny_web_world: settings.world must be 'web', got {settings.get('world')!r}")
     viewport = tuple(int(v) for v in settings.get("viewport", DEFAULT_VIEWPORT))
+    if settings.get("vision_word_boxes", False) and pool is not None and not pool.settings.word_boxes:
+        # Refused before thousands of pages are rendered without the boxes the reader needs.
+        raise ValueError("prepare_tiny_web_world: vision_word_boxes needs a pool that reads word boxes "
+                         "(RenderSettings(word_boxes=True))")
     timings: dict[str, float] = {}
 
     started = time.time()
