@@ -59,7 +59,7 @@ def build_tiny_checkpoint(world: Path, folder: Path) -> Path:
     from crystalvlm.data.templates import get_template
     from crystalvlm.models.build import ModelSpec, build_llava
     from crystalvlm.models.checkpoint import CheckpointInfo, save_checkpoint
-    from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
 
     texts = [line for line in (world / "text_corpus.txt").read_text().splitlines() if line.strip()]
     train_tiny_tokenizer(texts, folder / "tokenizer", vocab_size=1024)
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import transformers
 
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
     from crystalvlm.train.recipe import _read as read_recipe
 
     default_threads = torch.get_num_threads()

@@ -39,7 +39,7 @@ from crystalvlm.data.templates import Turn, get_template
 from crystalvlm.infer.decoding.config import DecodingConfig
 from crystalvlm.infer.engine import GenerationEngine, GenerationRequest
 from crystalvlm.models.build import ModelSpec, PartSpec, build_llava
-from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
+from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation_throughput.json"
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40),

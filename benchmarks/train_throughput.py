@@ -73,7 +73,7 @@ from crystalvlm.data.batching import epoch_batches
 from crystalvlm.data.dataset import DataSource, encode_record, prepare_dataset
 from crystalvlm.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_template
 from crystalvlm.models.build import extra_vision_tokens, image_token_count
-from crystalvlm.models.tiny import (
+from crystalvlm.worlds.parts.tiny import (
     tiny_llm_config,
     tiny_vision_config,
     train_tiny_tokenizer,

@@ -16,7 +16,7 @@ def colour_world(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from crystalvlm.models.tiny import train_tiny_tokenizer
+    from crystalvlm.worlds.parts.tiny import train_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
     train_tiny_tokenizer(corpus(), folder, vocab_size=400)
@@ -26,7 +26,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_quickstart(tmp_path_factory) -> Path:
     """The quickstart at `--scale smoke` (same path, small sizes), run once per test session."""
-    from crystalvlm.quickstart import run_quickstart
+    from crystalvlm.worlds.quickstart import run_quickstart
 
     out = tmp_path_factory.mktemp("quickstart") / "run"
     run_quickstart(out, scale="smoke", seed=0)
@@ -43,7 +43,7 @@ def tiny_checkpoint(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     from crystalvlm.data.templates import get_template
     from crystalvlm.models.build import ModelSpec, PartSpec, build_llava
     from crystalvlm.models.checkpoint import CheckpointInfo, save_checkpoint
-    from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config
 
     vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
     torch.manual_seed(1234)

@@ -45,7 +45,7 @@ def corpus() -> list[str]:
 
 
 def tiny_model_section(tokenizer_dir: Path, vocab_size: int) -> dict:
-    from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config
 
     return {
         "vision": {"config": tiny_vision_config(image_size=32, patch_size=8, hidden=32, layers=2)},

@@ -14,16 +14,30 @@ from pathlib import Path
 # ----------------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> int:
     from crystalvlm.data.dataset import DataSource
-    from crystalvlm.train.recipe import load_recipe
-    from crystalvlm.train.tiny_world import prepare_recipe_inputs
+    from crystalvlm.train.recipe import apply_overrides, load_recipe, read_recipe
     from crystalvlm.train.trainer import BadDataError, TrainOptions, train_recipe
+    from crystalvlm.worlds.registry import prepare_recipe_inputs, recipe_world
 
     run_dir = Path(args.out)
-    variables = prepare_recipe_inputs(args.recipe, run_dir, progress=not args.quiet)
+    # Everything the user typed is checked before any expensive work (world preparation, loading).
+    raw = apply_overrides(read_recipe(args.recipe), args.set)
+    recipe_world(raw)  # an unknown world is refused now, not after minutes
+    placeholder = load_recipe(args.recipe, args.set, {"run_dir": str(run_dir), "world": str(run_dir / "world")})
+    if args.stage:
+        placeholder.stage(args.stage)
+    if args.image_folder and not args.data:
+        raise UsageError("--image-folder needs --data")
+    if args.data:
+        if not Path(args.data).is_file():
+            raise UsageError(f"--data {args.data}: no such file")
+        if args.image_folder and not Path(args.image_folder).is_dir():
+            raise UsageError(f"--image-folder {args.image_folder}: no such folder")
+    for name, value in (("--max-steps", args.max_steps), ("--save-every", args.save_every)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+
+    variables = prepare_recipe_inputs(raw, run_dir, progress=not args.quiet)
     recipe = load_recipe(args.recipe, args.set, variables)
-    if (args.data is None) != (args.image_folder is None) and args.data is None:
-        print("--image-folder needs --data", file=sys.stderr)
-        return 2
     options = TrainOptions(
         run_dir=run_dir,
         stages=[args.stage] if args.stage else None,
@@ -51,20 +65,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    parser = sub.add_parser("train", help="train a recipe's stages")
-    parser.add_argument("recipe", help="a recipe YAML path or the name of a shipped recipe (tiny, llava-1.5-7b, ...)")
+    parser = sub.add_parser("train", help="train a recipe's stages", formatter_class=HelpFormatter)
+    parser.add_argument("recipe", help="a recipe YAML path or the name of a shipped recipe (tiny, tiny-web, llava-1.5-7b, ...)")
     parser.add_argument("--stage", help="run only this stage (it starts from the previous stage's final checkpoint)")
     parser.add_argument("--data", help="a data file replacing the stage's datasets")
     parser.add_argument("--image-folder", help="the image folder of --data")
     parser.add_argument("--out", default="runs/latest", help="run directory")
-    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-steps", type=int, help="stop each stage after this many optimiser steps")
     parser.add_argument("--save-every", type=int, help="write a resume checkpoint every N steps")
     parser.add_argument("--resume", action="store_true", help="continue from the latest resume checkpoint")
     parser.add_argument("--strict", action="store_true", help="refuse to train when any record is bad")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
-    parser.add_argument("--report-to", action="append", choices=["tensorboard", "wandb"])
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe field, checked against the recipe schema (repeatable)")
+    parser.add_argument("--report-to", action="append", choices=["tensorboard", "wandb"],
+                        help="also log to this tracker (needs the [track] extra; repeatable)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_train)
 
 
@@ -72,6 +88,10 @@ def _add_train(sub) -> None:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from crystalvlm.data.check import check_data
 
+    if not Path(args.file).is_file():
+        raise UsageError(f"{args.file}: no such data file")
+    if args.image_folder and not Path(args.image_folder).is_dir():
+        raise UsageError(f"--image-folder {args.image_folder}: no such folder")
     prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None,
                                    Path(args.model), args.template, args.max_length, progress=not args.quiet)
     for problem in prepared.problems:
@@ -81,7 +101,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
 
     manifest = write_shapes_world(Path(args.out), n_train=args.n, n_eval=args.n_eval, seed=args.seed,
                                   image_size=args.image_size, progress=not args.quiet)
@@ -91,77 +111,93 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 def _add_data(sub) -> None:
     data = sub.add_parser("data", help="check and make data").add_subparsers(dest="data_command", required=True)
-    check = data.add_parser("check", help="report every bad record and token-length statistics")
-    check.add_argument("file")
-    check.add_argument("--image-folder")
-    check.add_argument("--model", required=True, help="a checkpoint folder (its tokenizer and image-token count)")
+    check = data.add_parser("check", help="report every bad record and token-length statistics",
+                            formatter_class=HelpFormatter)
+    check.add_argument("file", help="a LLaVA-format JSON or JSON-lines data file")
+    check.add_argument("--image-folder", help="the folder the records' image paths are relative to")
+    check.add_argument("--model", required=True, help="a checkpoint folder or Hub id (its tokenizer and image-token count)")
     check.add_argument("--template", help="defaults to the checkpoint's template")
-    check.add_argument("--max-length", type=int, default=2048)
-    check.add_argument("--quiet", action="store_true")
+    check.add_argument("--max-length", type=int, default=2048, help="records longer than this many tokens are bad")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=_cmd_data_check)
     synth = data.add_parser("synth", help="generate a synthetic world").add_subparsers(dest="world", required=True)
-    shapes = synth.add_parser("shapes", help="the shapes world: images, training data, benchmarks")
-    shapes.add_argument("--out", required=True)
+    shapes = synth.add_parser("shapes", help="the shapes world: images, training data, benchmarks",
+                              formatter_class=HelpFormatter)
+    shapes.add_argument("--out", required=True, help="output folder (empty, or holding a shapes world)")
     shapes.add_argument("--n", type=int, default=4000, help="training images")
     shapes.add_argument("--n-eval", type=int, default=300, help="held-out benchmark images")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--image-size", type=int, default=64)
-    shapes.add_argument("--quiet", action="store_true")
+    shapes.add_argument("--seed", type=int, default=0, help="random seed")
+    shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels")
+    shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
 
 
 # ----------------------------------------------------------------------------- quickstart
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from crystalvlm.quickstart import run_quickstart
+    from crystalvlm.worlds.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), world=args.world, scale=args.scale, seed=args.seed)
     return 0
 
 
 def _add_quickstart(sub) -> None:
-    parser = sub.add_parser("quickstart", help="the whole pipeline on a CPU with nothing to download")
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--world", choices=["shapes", "web"], default="shapes")
+    parser = sub.add_parser("quickstart", help="the whole pipeline on a CPU with nothing to download",
+                            formatter_class=HelpFormatter)
+    parser.add_argument("--out", default="runs/quickstart", help="output folder (a rerun continues a killed run)")
+    parser.add_argument("--world", choices=["shapes", "web"], default="shapes", help="the synthetic world")
     parser.add_argument("--scale", choices=["full", "smoke"], default="full",
                         help="smoke: a reduced run for tests (minutes become seconds, scores mean little)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.set_defaults(func=_cmd_quickstart)
 
 
 # ----------------------------------------------------------------------------- main
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help shows its default."""
+
+
+class UsageError(ValueError):
+    """A bad invocation: reported in one line, exit code 2."""
+
+
+# Errors that mean "the input is wrong", not "crystalvlm is broken": one line, no traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from crystalvlm import __version__
+
     parser = argparse.ArgumentParser(prog="crystalvlm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"crystalvlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_quickstart(sub)
     _add_train(sub)
     _add_data(sub)
-    for register in _optional_registrations():
+    from crystalvlm.eval.commands import add_eval_subcommands
+    from crystalvlm.infer.commands import add_infer_subcommands
+    from crystalvlm.web2code.commands import add_web2code_subcommands
+
+    for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands):
         register(sub)
     return parser
 
 
-def _optional_registrations():
-    """Subcommand groups defined beside the code they run."""
-    import importlib
-
-    found = []
-    for module, name in (("crystalvlm.eval.commands", "add_eval_subcommands"),
-                         ("crystalvlm.infer.commands", "add_infer_subcommands"),
-                         ("crystalvlm.web2code.commands", "add_web2code_subcommands")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except ModuleNotFoundError:  # TEMPORARY during development
-            pass
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     import logging
+    import os
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as error:
+        if os.environ.get("CRYSTALVLM_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"crystalvlm {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

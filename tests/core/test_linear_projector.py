@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
 from crystalvlm.models.build import ModelSpec, PartSpec, build_llava
-from crystalvlm.models.tiny import tiny_llm_config, tiny_vision_config
+from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config
 
 
 def _build(tokenizer_dir, projector: str):

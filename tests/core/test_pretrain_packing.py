@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crystalvlm.train.pretrain_parts import pack_lines
+from crystalvlm.worlds.parts.lm import pack_lines
 
 PAD = 0
 

@@ -13,16 +13,15 @@ import math
 
 import pytest
 
-from crystalvlm.train.pretrain_parts import PretrainReport, pretrain_tiny_clip
-from crystalvlm.train.tiny_world import warn_if_contrastive_chance
+from crystalvlm.worlds.parts.clip import PretrainReport, pretrain_tiny_clip, warn_if_contrastive_chance
 
 
 @pytest.fixture(scope="module")
 def small_shapes_world(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
-    from crystalvlm.models.tiny import train_tiny_tokenizer
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
+    from crystalvlm.worlds.parts.tiny import train_tiny_tokenizer
 
     world = tmp_path_factory.mktemp("clip-world")
     write_shapes_world(world, n_train=320, n_eval=4, seed=3, image_size=48, progress=False)
@@ -35,7 +34,7 @@ def small_shapes_world(tmp_path_factory):
 
 
 def test_default_learning_rate_takes_the_loss_well_below_chance(small_shapes_world, tmp_path):
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     pairs, tokenizer = small_shapes_world
     vision = tiny_vision_config(image_size=48, patch_size=16, hidden=128, layers=4)

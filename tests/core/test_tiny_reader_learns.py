@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from crystalvlm.train.pretrain_reader import caption_labels, label_recall, pretrain_tiny_reader
+from crystalvlm.worlds.parts.reader import caption_labels, label_recall, pretrain_tiny_reader
 
 
 def test_caption_labels_are_a_sorted_vocabulary_and_a_multi_hot_matrix():
@@ -27,7 +27,7 @@ def test_label_recall_counts_true_labels_among_each_rows_top_k():
 
 @pytest.fixture(scope="module")
 def shape_pairs(tmp_path_factory):
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
 
     world = tmp_path_factory.mktemp("reader-world")
     write_shapes_world(world, n_train=320, n_eval=4, seed=5, image_size=48, progress=False)
@@ -38,7 +38,7 @@ def shape_pairs(tmp_path_factory):
 def test_the_reader_learns_what_held_out_images_show_and_saves_a_loadable_tower(shape_pairs, tmp_path):
     from transformers import CLIPVisionModel
 
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     vision = tiny_vision_config(image_size=48, patch_size=16, hidden=64, layers=3)
     report = pretrain_tiny_reader(shape_pairs, vision, tmp_path / "vision", steps=200, lr=2e-3,
@@ -52,7 +52,7 @@ def test_the_reader_learns_what_held_out_images_show_and_saves_a_loadable_tower(
 
 
 def test_the_same_seed_gives_the_same_run(shape_pairs, tmp_path):
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     vision = tiny_vision_config(image_size=48, patch_size=16, hidden=32, layers=1)
     first = pretrain_tiny_reader(shape_pairs[:64], vision, tmp_path / "a", steps=5, seed=1, progress=False)
@@ -63,14 +63,14 @@ def test_the_same_seed_gives_the_same_run(shape_pairs, tmp_path):
 
 
 def test_no_pairs_is_a_clear_error(tmp_path):
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     with pytest.raises(ValueError, match="no .screenshot, caption. pairs"):
         pretrain_tiny_reader([], tiny_vision_config(48, 16, 32, 1), tmp_path / "v", steps=1, progress=False)
 
 
 def test_mean_pooling_also_learns_and_an_unknown_pooling_is_refused(shape_pairs, tmp_path):
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     vision = tiny_vision_config(image_size=48, patch_size=16, hidden=64, layers=3)
     report = pretrain_tiny_reader(shape_pairs, vision, tmp_path / "vision", steps=200, lr=2e-3,
@@ -81,7 +81,7 @@ def test_mean_pooling_also_learns_and_an_unknown_pooling_is_refused(shape_pairs,
 
 
 def test_patch_word_labels_name_the_word_covering_most_of_each_patch():
-    from crystalvlm.train.pretrain_reader import patch_word_labels
+    from crystalvlm.worlds.parts.reader import patch_word_labels
 
     # A 2 x 2 grid of patches, each 0.5 of the image on a side.
     pages = [
@@ -123,7 +123,7 @@ def _coloured_patches(count: int, seed: int, tmp_path):
 
 
 def test_word_boxes_teach_each_patch_which_word_covers_it(tmp_path):
-    from crystalvlm.models.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
 
     pairs, boxes = _coloured_patches(240, seed=3, tmp_path=tmp_path)
     vision = tiny_vision_config(image_size=48, patch_size=16, hidden=64, layers=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crystalvlm.models.tiny import train_tiny_tokenizer
+from crystalvlm.worlds.parts.tiny import train_tiny_tokenizer
 
 CORPUS = ['<p style="color:gray">help order news</p>', "body gray p help order news",
           '<button style="background:red">order</button>', "news help order"] * 50

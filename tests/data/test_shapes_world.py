@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from crystalvlm.data.records import load_records
-from crystalvlm.data.synthetic.shapes import (
+from crystalvlm.worlds.shapes.scenes import (
     BACKGROUND, COLORS, PLURALS, POSITIONS, SHAPES, TEXT_COLOR, interior_point, position_name,
 )
-from crystalvlm.data.synthetic.shapes_instructions import FinetuneMix
-from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+from crystalvlm.worlds.shapes.instructions import FinetuneMix
+from crystalvlm.worlds.shapes.writer import write_shapes_world
 
 N_TRAIN, N_EVAL = 80, 16
 SHAPE_OF_PLURAL = {plural: shape for shape, plural in PLURALS.items()}

@@ -26,7 +26,7 @@ def benchmarks(tmp_path) -> Path:
 def shapes_world(tmp_path_factory) -> Path:
     """A tiny shapes world: 4 held-out images -> 24 POPE questions per split, 28 MME questions,
     4 ScienceQA problems, 4 TextVQA questions, 4 CHAIR images (32-pixel images)."""
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
 
     world = tmp_path_factory.mktemp("shapes") / "world"
     write_shapes_world(world, n_train=2, n_eval=4, seed=0, image_size=32, progress=False)

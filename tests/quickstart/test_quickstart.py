@@ -121,7 +121,7 @@ def test_chat_answers_about_a_new_image(smoke_quickstart, monkeypatch, capsys):
 
 
 def test_same_seed_gives_same_data_and_scores(smoke_quickstart, report, tmp_path):
-    from crystalvlm.quickstart import run_quickstart
+    from crystalvlm.worlds.quickstart import run_quickstart
 
     again = run_quickstart(tmp_path / "again", scale="smoke", seed=0)
     assert again["benchmarks"] == report["benchmarks"]
@@ -131,7 +131,7 @@ def test_same_seed_gives_same_data_and_scores(smoke_quickstart, report, tmp_path
 
 
 def test_eval_command_reproduces_the_report(smoke_quickstart, report, tmp_path, capsys):
-    from crystalvlm.quickstart import QUICKSTART_MAX_NEW_TOKENS
+    from crystalvlm.worlds.shapes.world import QUICKSTART_MAX_NEW_TOKENS
 
     checkpoint = smoke_quickstart / "run" / "finetune" / "final"
     out = tmp_path / "eval"

@@ -12,7 +12,7 @@ from crystalvlm.data.records import load_records
 from crystalvlm.web2code.converters import HTML_PROMPTS
 from crystalvlm.web2code.pagegen import generate_page, generate_pages
 from crystalvlm.web2code.synth import write_web_world
-from crystalvlm.web2code.tiny_web_world import page_words
+from crystalvlm.worlds.web.prepare import page_words
 from crystalvlm.web2code.wub import load_wub_questions
 
 

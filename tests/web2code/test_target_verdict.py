@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from crystalvlm.web2code.metrics.wcgb import METRIC_NAMES
-from crystalvlm.web2code.quickstart_report import WCGB_MARGIN, target_verdict, verdict_sentence
+from crystalvlm.worlds.web.report import WCGB_MARGIN, target_verdict, verdict_sentence
 
 
 def _benchmarks(after: float, baseline: float, before: float, wub: tuple[float, float, float]) -> dict:

@@ -1,4 +1,4 @@
-"""WCGB and WUB as evaluation tasks (`crystalvlm.web2code.tasks`), the constant WCGB baseline and
+"""WCGB and WUB as evaluation tasks (`crystalvlm.eval.tasks.web`), the constant WCGB baseline and
 the web world's CLIP page summaries."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from PIL import Image
 
 from crystalvlm.eval.tasks.files import BenchmarkFormatError
 from crystalvlm.eval.tasks.registry import build_task
-from crystalvlm.web2code.tasks import WubTask, extract_html, wub_majority_answer
-from crystalvlm.web2code.tiny_web_world import page_slots, page_summary
+from crystalvlm.eval.tasks.web import WubTask, extract_html, wub_majority_answer
+from crystalvlm.worlds.web.prepare import page_slots, page_summary
 
 PAGES = {
     "p0": '<html><body style="background:yellow"><h1 style="color:blue">big red fox</h1></body></html>',
@@ -125,7 +125,7 @@ def _wcgb_world(root: Path, pool) -> Path:
 
 @pytest.mark.browser
 def test_wcgb_task_scores_exact_pages_full_and_wrong_pages_lower(tmp_path, pool):
-    task = build_task("wcgb", _wcgb_world(tmp_path, pool), pool=pool, max_new_tokens=256)
+    task = build_task("wcgb", _wcgb_world(tmp_path, pool), renderer=pool, max_new_tokens=256)
     assert task.max_new_tokens == 256 and task.viewport() == pool.settings.viewport
     exact = task.score({page_id: page_html for page_id, page_html in PAGES.items()})
     assert exact["pages"] == 3 and exact["not_rendered"] == 0
@@ -134,23 +134,23 @@ def test_wcgb_task_scores_exact_pages_full_and_wrong_pages_lower(tmp_path, pool)
     fenced = task.score({page_id: f"```html\n{page_html}\n```" for page_id, page_html in PAGES.items()})
     assert fenced["design2code"] == pytest.approx(1.0)
     # Every screenshot answered with the first page: only p0 is right.
-    constant = task.score({page_id: PAGES["p0"] for page_id in PAGES})
-    assert constant["design2code"] < 0.8
-    per_page = {page.sample_id: page.scores.design2code for page in task.last_pages}
+    constant = task.score_samples({page_id: PAGES["p0"] for page_id in PAGES})
+    assert constant.metrics["design2code"] < 0.8
+    per_page = {page.sample_id: page.scores.design2code for page in constant.per_sample}
     assert per_page["p0"] == pytest.approx(1.0) and per_page["p1"] < 0.6 and per_page["p2"] < 0.6
-    assert all(page.candidate.png for page in task.last_pages)  # renders are kept for reports
+    assert all(page.candidate.png for page in constant.per_sample)  # renders are kept for reports
 
 
 @pytest.mark.browser
-def test_wcgb_task_infers_its_viewport_and_starts_its_own_browser(tmp_path, pool):
+def test_wcgb_task_infers_its_viewport_and_needs_a_renderer_passed_in(tmp_path, pool):
     task = build_task("wcgb", _wcgb_world(tmp_path, pool))
     assert task.viewport() == pool.settings.viewport  # from the screenshots' size
-    try:
-        scores = task.score({"p0": "", "p1": "not html at all", "p2": PAGES["p2"]})
-    finally:
-        task.close()
-    assert scores["pages"] == 3
-    per_page = {page.sample_id: page.scores for page in task.last_pages}
+    with pytest.raises(ValueError, match="needs a renderer"):
+        task.score({"p0": "", "p1": "", "p2": ""})
+    task.use_renderer(pool)
+    scored = task.score_samples({"p0": "", "p1": "not html at all", "p2": PAGES["p2"]})
+    assert scored.metrics["pages"] == 3
+    per_page = {page.sample_id: page.scores for page in scored.per_sample}
     assert per_page["p2"].design2code == pytest.approx(1.0)
     assert per_page["p0"].design2code < 0.5 and per_page["p1"].text == 0.0
 
@@ -159,7 +159,7 @@ def test_wcgb_task_infers_its_viewport_and_starts_its_own_browser(tmp_path, pool
 def test_constant_page_is_the_candidate_that_scores_best_on_the_references(pool):
     import random
 
-    from crystalvlm.web2code.constant_baseline import choose_constant_page
+    from crystalvlm.worlds.web.constant_baseline import choose_constant_page
     from crystalvlm.web2code.metrics.wcgb import score_html_pairs
 
     pages = [PAGES["p1"].replace("sun", word) for word in ("sun", "cat", "dog", "tea")] + [PAGES["p0"], PAGES["p2"]]
@@ -182,7 +182,7 @@ def test_constant_page_is_the_candidate_that_scores_best_on_the_references(pool)
 
 
 def test_unknown_vision_pretraining_or_captions_are_refused_before_any_work(tmp_path):
-    from crystalvlm.web2code.tiny_web_world import pretrain_vision_tower
+    from crystalvlm.worlds.web.prepare import pretrain_vision_tower
 
     settings = {"vision": {"image_size": 32, "patch_size": 16, "hidden": 32, "layers": 1}, "vision_steps": 1}
     with pytest.raises(ValueError, match="vision_pretraining must be one of"):
@@ -198,7 +198,7 @@ def test_unknown_vision_pretraining_or_captions_are_refused_before_any_work(tmp_
 
 def test_summary_captions_pair_each_screenshot_with_its_page_summary(tmp_path: Path):
     from crystalvlm.web2code.converters import html_record
-    from crystalvlm.web2code.tiny_web_world import SUMMARY_PROMPT, write_summary_captions
+    from crystalvlm.worlds.web.prepare import SUMMARY_PROMPT, write_summary_captions
 
     records = [html_record(f"dwcg_{key}", f"{key}.png", html, "Please generate html code for the given image")
                for key, html in PAGES.items()]
@@ -213,7 +213,7 @@ def test_summary_captions_pair_each_screenshot_with_its_page_summary(tmp_path: P
 
 @pytest.mark.browser
 def test_a_pool_without_word_boxes_is_refused_before_any_page_is_rendered(tmp_path, js_pool):
-    from crystalvlm.web2code.tiny_web_world import prepare_tiny_web_world
+    from crystalvlm.worlds.web.prepare import prepare_tiny_web_world
 
     with pytest.raises(ValueError, match="vision_word_boxes needs a pool that reads word boxes"):
         prepare_tiny_web_world(tmp_path / "world", {"world": "web", "viewport": [320, 240], "n_train": 4, "n_eval": 1,

@@ -24,7 +24,7 @@ COLUMNS = ("before", "after", "baseline")
 def web_quickstart(tmp_path_factory) -> Path:
     import torch
 
-    from crystalvlm.quickstart import run_quickstart
+    from crystalvlm.worlds.quickstart import run_quickstart
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("web_quickstart") / "run"
@@ -139,7 +139,7 @@ def test_evaluation_files_and_a_native_checkpoint(web_quickstart, report):
 
 
 def test_the_report_says_whether_the_target_was_met_and_by_how_much(report):
-    from crystalvlm.web2code.quickstart_report import target_verdict
+    from crystalvlm.worlds.web.report import target_verdict
 
     target = report["target"]
     assert set(target["leads"]) == set(METRIC_NAMES) | {"wub_accuracy"}

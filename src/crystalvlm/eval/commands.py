@@ -215,6 +215,20 @@ def _decoding(args: argparse.Namespace):
     return decoding, budget
 
 
+def _start_renderers(tasks) -> list:
+    """A browser for each task that scores by rendering (WCGB), at its screenshots' size; the
+    caller closes them. Tasks get their renderer passed in rather than starting one themselves."""
+    started = []
+    for task in tasks:
+        if getattr(task, "requires_renderer", False):
+            from crystalvlm.web2code.render import RenderPool, RenderSettings
+
+            pool = RenderPool(RenderSettings(viewport=task.viewport()))
+            task.use_renderer(pool)
+            started.append(pool)
+    return started
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from crystalvlm.data.images import ImageError
     from crystalvlm.eval.report import format_score_table, write_eval_report
@@ -249,6 +263,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         return _fail(f"cannot load the checkpoint {model}: {error}")
     shard = Shard.from_env()
+    renderers = _start_renderers(tasks)
     try:
         results = evaluate(engine, tasks, out, decoding, model_id=str(model.resolve()), scoring=args.scoring,
                            progress=not args.quiet, shard=shard, chunk_size=chunk_size,
@@ -257,6 +272,9 @@ def run_eval(args: argparse.Namespace) -> int:
         return _fail(f"{error} (a task's generation budget can be lowered with --max-new-tokens)")
     except ImageError as error:
         return _fail(str(error))
+    finally:
+        for renderer in renderers:
+            renderer.close()
     if shard.rank != 0:  # rank 0 merges the shards, scores and reports
         return 0
     report = write_eval_report(out)

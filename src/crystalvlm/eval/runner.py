@@ -186,9 +186,18 @@ def write_task_outputs(out_dir: Path, task: Task, answers: dict[str, str]) -> No
                                             "model_id": "crystalvlm", "metadata": {}}) + "\n")
 
 
+class EvalResults(dict):
+    """{task name: metrics}, plus `details[task name]`: the per-sample detail its scoring kept
+    (`TaskScore.per_sample`), for reports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: dict[str, list] = {}
+
+
 def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decoding: DecodingConfig, model_id: str,
              scoring: str = "llava", progress: bool = True, shard: Shard | None = None,
-             chunk_size: int = CHUNK, model_revision: str | None = None) -> dict[str, dict[str, float]]:
+             chunk_size: int = CHUNK, model_revision: str | None = None) -> "EvalResults":
     """Generate (with cache), merge shards, score, and write results.json and per-task logs.
 
     Each task generates with its own budget (`task.max_new_tokens`); `decoding.max_new_tokens` is
@@ -200,7 +209,7 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out_dir / "cache"
-    results: dict[str, dict[str, float]] = {}
+    results = EvalResults()
     for task in tasks:
         # The budget is part of the fingerprint: answers cut at 16 tokens are not reused for a 128-token run.
         fingerprint = settings_fingerprint(model_id, task_decoding(decoding, task), model_revision)
@@ -210,7 +219,9 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
             if shard.rank != 0:
                 continue
         answers = _merged_answers(cache_dir, task, fingerprint, shard)
-        results[task.name] = task.score(answers, scoring=scoring)
+        scored = task.score_samples(answers, scoring=scoring)
+        results[task.name] = scored.metrics
+        results.details[task.name] = scored.per_sample
         write_task_outputs(out_dir, task, answers)
     if shard.rank == 0:
         payload = {"results": results, "config": {"model": model_id, "model_revision": model_revision,

@@ -74,31 +74,139 @@ def shipped_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read(name_or_path: str) -> dict[str, Any]:
+class RecipeError(ValueError):
+    """A recipe that cannot be used: unknown name, unreadable file, bad key or value."""
+
+
+def read_recipe(name_or_path: str) -> dict[str, Any]:
+    """The raw YAML mapping of a shipped recipe (by name) or of a recipe file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"recipe file not found: {path}")
-        return yaml.safe_load(path.read_text())
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise RecipeError(f"cannot read recipe {path}: {str(error).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path} is not a recipe: a recipe is a YAML mapping with 'model' and 'stages'")
+        return raw
     candidate = resources.files("crystalvlm") / "recipes" / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        raise KeyError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())}")
+        raise RecipeError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())} "
+                          "(or give a path to a .yaml file)")
     return yaml.safe_load(candidate.read_text())
 
 
+# ----------------------------------------------------------------------------- the schema --set is checked against
+FREE = "free"  # a mapping whose keys belong to another schema (an HF config, a world's settings)
+TOP_LEVEL = {"name": str, "description": str, "seed": int, "image_mode": str, "model": "model",
+             "datasets": "datasets", "stages": "stages", "prepare": FREE}
+DATASET_FIELDS = {"file": str, "image_folder": str}
+
+
+def _dataclass_schema(cls) -> dict[str, Any]:
+    from typing import get_type_hints
+
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.name != "name"}
+
+
+def _schema_of(path: list[str], raw: dict[str, Any]) -> Any:
+    """The schema node at `path` (a type, a nested mapping of field -> schema, or FREE); raises
+    RecipeError naming the known keys where a key is unknown."""
+    from crystalvlm.models.build import ModelSpec, PartSpec
+
+    node: Any = TOP_LEVEL
+    walked: list[str] = []
+    for key in path:
+        where = ".".join(walked) or "the recipe"
+        if node is FREE:
+            return FREE
+        if node == "model":
+            node = _dataclass_schema(ModelSpec)
+            node.update({"vision": "part", "llm": "part", "image_processor": FREE})
+        elif node == "part":
+            node = {**_dataclass_schema(PartSpec), "config": FREE}
+        elif node == "datasets":
+            node = DATASET_FIELDS  # a new dataset name may be added
+            walked.append(key)
+            continue
+        elif node == "stages":
+            stages = raw.get("stages") or {}
+            if key not in stages:
+                raise RecipeError(f"--set {'.'.join(path)}: the recipe has no stage {key!r}; stages: "
+                                  f"{', '.join(stages) or 'none'}")
+            node = {**_dataclass_schema(StageConfig), "lr": {part: float for part in PARTS}}
+            walked.append(key)
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {'.'.join(path)}: {where} is a value, not a section")
+        if key not in node:
+            raise RecipeError(f"--set {'.'.join(path)}: unknown key {key!r} in {where}; known: {', '.join(sorted(node))}")
+        node = node[key]
+        walked.append(key)
+    return node
+
+
+def _check_value(path: str, schema: Any, value: Any) -> Any:
+    """`value` for a typed field, refused when of the wrong kind (e.g. a word for an integer);
+    sections and free-form fields are checked when the recipe is built. YAML reads `1e-3` as a
+    string, so a float field takes a string that parses as a number."""
+    import types
+    import typing
+
+    allowed = [kind for kind in (typing.get_args(schema) if isinstance(schema, types.UnionType) else (schema,))
+               if kind is not type(None)]
+    if value is None and isinstance(schema, types.UnionType) and len(allowed) < len(typing.get_args(schema)):
+        return value
+    if not allowed or any(kind not in (int, float, bool, str) for kind in allowed):
+        return value  # lists, mappings and free-form values are checked when the recipe is built
+    for kind in allowed:
+        if isinstance(value, bool) != (kind is bool):
+            continue
+        if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+            return value
+    if float in allowed and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise RecipeError(f"--set {path}: expects {' or '.join(k.__name__ for k in allowed)}, got {value!r}")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`raw` with each `key.path=value` applied (value parsed as YAML). Keys are checked against
+    the recipe schema, not against the keys the YAML happens to hold: a field the schema knows is
+    created when missing; an unknown key is refused with the known ones listed. Keys of free-form
+    sections (a part's HF `config`, a world's `prepare` settings) must already exist."""
     raw = copy.deepcopy(raw)
     for override in overrides:
         if "=" not in override:
-            raise ValueError(f"--set expects key=value, got {override!r}")
-        key, value = override.split("=", 1)
-        node = raw
+            raise RecipeError(f"--set expects key=value, got {override!r}")
+        key, value_text = override.split("=", 1)
         parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or part not in node:
-                raise KeyError(f"--set {key}: no {part!r} in the recipe")
+        if not all(parts):
+            raise RecipeError(f"--set {key}: empty key segment")
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"--set {key}: the value is not valid YAML: {str(error).splitlines()[0]}") from None
+        schema = _schema_of(parts, raw)
+        value = _check_value(key, schema, value)
+        node = raw
+        for index, part in enumerate(parts[:-1]):
+            if part not in node:
+                if _schema_of(parts[:index + 1], raw) is FREE:  # another schema's keys: never invented here
+                    raise RecipeError(f"--set {key}: no {part!r} in {'.'.join(parts[:index]) or 'the recipe'}")
+                node[part] = {}
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:index + 1])} is a value, not a section")
+        if len(parts) > 1 and _schema_of(parts[:-1], raw) is FREE and parts[-1] not in node:
+            raise RecipeError(f"--set {key}: no {parts[-1]!r} in {'.'.join(parts[:-1])}; it has: "
+                              f"{', '.join(sorted(node)) or 'nothing'}")
+        node[parts[-1]] = value
     return raw
 
 
@@ -115,26 +223,33 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), variables: dict[str, str] | None = None) -> Recipe:
-    raw = apply_overrides(_read(name_or_path), list(overrides))
+    raw = apply_overrides(read_recipe(name_or_path), list(overrides))
     if variables:
         raw = _substitute(raw, variables)
     known = {"name", "seed", "model", "image_mode", "datasets", "stages", "prepare", "description"}
     unknown = set(raw) - known
     if unknown:
-        raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+        raise RecipeError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
     stage_fields = {f.name for f in fields(StageConfig)}
     stages = []
     for name, settings in (raw.get("stages") or {}).items():
         unknown = set(settings) - stage_fields
         if unknown:
-            raise ValueError(f"stage {name!r}: unknown keys {sorted(unknown)}; known: {sorted(stage_fields - {'name'})}")
-        stages.append(StageConfig(name=name, **settings))
+            raise RecipeError(f"stage {name!r}: unknown keys {sorted(unknown)}; known: {sorted(stage_fields - {'name'})}")
+        if not isinstance(settings, dict):
+            raise RecipeError(f"stage {name!r}: expected a mapping of stage settings, got {settings!r}")
+        try:
+            stages.append(StageConfig(name=name, **settings))
+        except TypeError as error:  # a required field missing
+            raise RecipeError(f"stage {name!r}: {error}") from None
     if not stages:
-        raise ValueError("a recipe needs at least one stage")
+        raise RecipeError("a recipe needs at least one stage")
     for stage in stages:
         for data_name in stage.data:
             if data_name not in (raw.get("datasets") or {}):
-                raise KeyError(f"stage {stage.name!r} uses dataset {data_name!r}, which the recipe does not define")
+                raise RecipeError(f"stage {stage.name!r} uses dataset {data_name!r}, which the recipe does not define")
+    if "model" not in raw or not isinstance(raw["model"], dict):
+        raise RecipeError(f"recipe {name_or_path!r} has no 'model' section")
     return Recipe(
         name=raw.get("name", str(name_or_path)),
         seed=int(raw.get("seed", 0)),

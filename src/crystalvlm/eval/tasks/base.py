@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,14 @@ class EvalSample:
     meta: dict  # anything scoring needs (subtask, category, ...), JSON-serialisable
 
 
+@dataclass
+class TaskScore:
+    """A task's metrics and, where the task keeps any, its per-sample detail (WCGB: each scored
+    page with its renders), for reports that show examples."""
+    metrics: dict[str, float]
+    per_sample: list = field(default_factory=list)
+
+
 class Task(ABC):
     """A benchmark. Subclasses read their files in `load_samples` and score in `score`.
 
@@ -62,6 +70,10 @@ class Task(ABC):
     @abstractmethod
     def score(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
         """Metrics from raw generated text keyed by sample_id, under the named convention."""
+
+    def score_samples(self, predictions: dict[str, str], scoring: str = "llava") -> TaskScore:
+        """`score` plus per-sample detail; tasks that keep detail override this."""
+        return TaskScore(self.score(predictions, scoring=scoring))
 
     def samples(self) -> list[EvalSample]:
         if self._loaded is None:

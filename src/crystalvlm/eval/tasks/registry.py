@@ -157,7 +157,7 @@ def _chair(root: Path, options: dict) -> Task:
 
 def _web2code(name: str) -> Callable[[Path, dict], Task]:
     def build(root: Path, options: dict) -> Task:
-        from crystalvlm.web2code.tasks import build_web_task  # imported on use: eval loads no renderer otherwise
+        from crystalvlm.eval.tasks.web import build_web_task  # imported on use: eval loads no renderer otherwise
 
         return build_web_task(name, root, options)
     return build

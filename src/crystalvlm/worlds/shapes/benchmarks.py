@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from crystalvlm.data.synthetic.shapes import (
+from crystalvlm.worlds.shapes.scenes import (
     COLORS, CORNERS, PLURALS, SHAPES, Scene, SceneConfig, ShapeStatistics, article, column_of,
     evaluate_expression, number_word, render_scene, row_of, sample_scene,
 )
-from crystalvlm.data.synthetic.shapes_instructions import (
+from crystalvlm.worlds.shapes.instructions import (
     CONTEXT_HINTS, wrong_reading, shuffled_options, knowledge_item, reference_without_color,
     reference_without_position,
 )

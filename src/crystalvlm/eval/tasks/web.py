@@ -11,6 +11,10 @@ and the quickstart run them through the batched generation runner.
   reports it. Web2Code asks a second time when the first reply is not a bare yes/no; a batched
   runner asks once, so a rambling reply simply counts as wrong here.
 
+Rendering is passed in: a WCGB task scores with the renderer it is given (`use_renderer`, any
+object with `render(list_of_html) -> list[RenderResult]` and `settings.viewport`, such as
+`web2code.render.RenderPool`); the caller owns the browser and closes it.
+
 Files are the ones `synth.write_web_world` writes (`eval/wcgb.jsonl`, `eval/wub.jsonl`, images in
 `images/`); any folder laid out the same way works.
 """
@@ -21,10 +25,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from crystalvlm.eval.tasks.base import EvalSample, Task, safe_ratio
+from crystalvlm.eval.tasks.base import EvalSample, Task, TaskScore, safe_ratio
 from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json_lines, require_keys
 from crystalvlm.web2code.metrics.wcgb import METRIC_NAMES, WcgbScores, score_rendered, summarize
-from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
+from crystalvlm.web2code.render import RenderResult
 from crystalvlm.web2code.wub import is_yes_or_no, wub_correct
 
 __all__ = ["METRIC_NAMES", "ScoredPage", "WcgbTask", "WubTask", "build_web_task", "extract_html", "summarize_pages",
@@ -59,23 +63,23 @@ class ScoredPage:
 class WcgbTask(Task):
     """WCGB over a `wcgb.jsonl` file: `{"id", "image", "html", "prompt"}` per held-out page.
 
-    `pool` is a running `RenderPool` to reuse (its viewport must match the screenshots); without
-    one the task starts its own on first use, at the screenshots' size, and `close()` stops it.
-    Reference pages are rendered once per task and kept; `last_pages` holds the pages of the
-    latest `score` call (renders included) for reports."""
+    `renderer` (or `use_renderer` later) renders pages for scoring; its viewport must match the
+    screenshots. Reference pages are rendered once per task and kept. `score_samples` returns
+    the scored pages (renders included) beside the metrics, for reports."""
 
     name = "wcgb"
+    requires_renderer = True
 
-    def __init__(self, questions: Path, image_folder: Path, *, pool: RenderPool | None = None,
+    def __init__(self, questions: Path, image_folder: Path, *, renderer=None,
                  viewport: tuple[int, int] | None = None, max_new_tokens: int | None = None) -> None:
         self.questions = Path(questions)
         self.image_folder = Path(image_folder)
         self.max_new_tokens = int(max_new_tokens or WCGB_MAX_NEW_TOKENS)
-        self._pool = pool
-        self._own_pool = False
+        self._renderer = None
         self._viewport = tuple(viewport) if viewport else None
         self._references: dict[str, RenderResult] = {}
-        self.last_pages: list[ScoredPage] = []
+        if renderer is not None:
+            self.use_renderer(renderer)
 
     def load_samples(self) -> list[EvalSample]:
         samples = []
@@ -106,25 +110,23 @@ class WcgbTask(Task):
                 self._viewport = (image.width, image.height)
         return self._viewport  # type: ignore[return-value]
 
-    def pool(self) -> RenderPool:
-        if self._pool is None:
-            self._pool = RenderPool(RenderSettings(viewport=self.viewport()))
-            self._own_pool = True
-        elif self._viewport is not None and tuple(self._pool.settings.viewport) != tuple(self._viewport):
-            raise ValueError(f"the render pool's viewport {self._pool.settings.viewport} differs from the task's "
-                             f"{self._viewport}")
-        return self._pool
+    def use_renderer(self, renderer) -> None:
+        """Score with `renderer` from now on; refused when it renders at another size than the screenshots."""
+        if tuple(renderer.settings.viewport) != tuple(self.viewport()):
+            raise ValueError(f"the renderer's viewport {tuple(renderer.settings.viewport)} differs from the "
+                             f"screenshots' {tuple(self.viewport())} ({self.questions})")
+        self._renderer = renderer
 
-    def close(self) -> None:
-        """Stop the browser this task started (a pool passed in is left running)."""
-        if self._own_pool and self._pool is not None:
-            self._pool.close()
-        self._pool, self._own_pool = None, False
+    def renderer(self):
+        if self._renderer is None:
+            raise ValueError("WCGB scoring needs a renderer: pass renderer=RenderPool(RenderSettings(viewport=...)) "
+                             "or call use_renderer()")
+        return self._renderer
 
     def _reference_renders(self, samples: list[EvalSample]) -> list[RenderResult]:
         missing = [s for s in samples if s.sample_id not in self._references]
         if missing:
-            for sample, result in zip(missing, self.pool().render([s.target for s in missing])):
+            for sample, result in zip(missing, self.renderer().render([s.target for s in missing])):
                 if not result.ok:
                     raise BenchmarkFormatError(f"{self.questions}: reference page {sample.sample_id} does not render "
                                                f"({result.status}: {result.reason})")
@@ -138,14 +140,17 @@ class WcgbTask(Task):
         samples = [sample for sample, _ in paired]
         candidates = [extract_html(text or "") for _, text in paired]
         references = self._reference_renders(samples)
-        rendered = self.pool().render(candidates)
+        rendered = self.renderer().render(candidates)
         return [ScoredPage(sample.sample_id, reference, candidate, html, score_rendered(reference, candidate))
                 for sample, reference, candidate, html in zip(samples, references, rendered, candidates)]
 
+    def score_samples(self, predictions: dict[str, str], scoring: str = "llava") -> TaskScore:
+        """Mean WCGB metrics over pages (`summarize`) and the scored pages; the convention does not change WCGB."""
+        pages = self.score_pages(predictions)
+        return TaskScore(summarize_pages(pages), pages)
+
     def score(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
-        """Mean WCGB metrics over pages (`summarize`); the convention does not change WCGB."""
-        self.last_pages = self.score_pages(predictions)
-        return summarize_pages(self.last_pages)
+        return self.score_samples(predictions, scoring).metrics
 
 
 def summarize_pages(pages: list[ScoredPage]) -> dict[str, float]:
@@ -233,12 +238,12 @@ def _image_folder(options: dict, questions: Path) -> Path:
 
 def build_web_task(name: str, root: Path, options: dict) -> Task:
     """The registry's builder for "wcgb" and "wub". Options: image_folder, max_new_tokens (both);
-    viewport (w, h) and pool (a running RenderPool) for wcgb."""
+    viewport (w, h) and renderer (e.g. a running RenderPool) for wcgb."""
     options = dict(options)
     root = Path(root)
     if name == "wcgb":
         questions = _find_file(root, WCGB_FILE, "wcgb")
-        task: Task = WcgbTask(questions, _image_folder(options, questions), pool=options.pop("pool", None),
+        task: Task = WcgbTask(questions, _image_folder(options, questions), renderer=options.pop("renderer", None),
                               viewport=options.pop("viewport", None), max_new_tokens=options.pop("max_new_tokens", None))
     elif name == "wub":
         questions = _find_file(root, WUB_FILE, "wub")

@@ -14,19 +14,22 @@ The shapes world's recipe is followed step for step, with web pages instead of s
     LM         `pretrain_tiny_lm` on the world's text, so it writes well-formed HTML before it
                has seen a single screenshot
 
-Preparation is cached like `train.tiny_world`: a folder whose `prepared.json` records the same
-settings and seed is reused as it is.
+Preparation runs in resumable steps like the shapes world's (`base.PreparedFolder`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
+from crystalvlm.worlds.base import MARKER, PreparedFolder, move_children, staged
 
 DEFAULT_VIEWPORT = (128, 128)
 # Words of the simple pages' markup that every page shares; the CLIP summary leaves them out.
@@ -132,7 +135,7 @@ class ProgressPool:
 
 
 def _corpus(world: Path) -> list[str]:
-    from crystalvlm.data.synthetic.shapes_instructions import corpus_line
+    from crystalvlm.worlds.parts.corpus import corpus_line
 
     lines = []
     for name in ("dwcg_train.json", "dwu_train.json", SUMMARIES_FILE):
@@ -163,15 +166,15 @@ def write_summary_captions(dwcg_records: list[dict], out: Path) -> int:
     for record in dwcg_records:
         html = record["conversations"][-1]["value"]
         captions.append({"id": record["id"].replace("dwcg_", "summary_", 1), "image": record["image"],
-                         "conversations": [{"from": "human", "value": f"<image>\n{SUMMARY_PROMPT}"},
+                         "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{SUMMARY_PROMPT}"},
                                            {"from": "gpt", "value": page_summary(html)}]})
     out.write_text(json.dumps(captions, indent=1), encoding="utf-8")
     return len(captions)
 
 
-def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, settings: dict, parts: Path,
+def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, settings: dict, out: Path,
                           seed: int = 0, progress: bool = True, word_boxes: dict | None = None) -> dict:
-    """Pretrain the world's vision tower into `parts/vision` with the objective `settings` name
+    """Pretrain the world's vision tower into `out` with the objective `settings` name
     (`vision_pretraining`: "reader", the default, or "clip") for `vision_steps` steps at
     `vision_lr`; return what it measured, for `prepared.json`.
 
@@ -187,10 +190,9 @@ def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, se
     (chance 0.14), on slots with mean pooling 0.61 (chance 0.04); with word boxes the summary
     recall is 0.92 and 0.70 of the patches under a word name it (chance 0.11). Only the tower
     with word boxes let a small decoder read the words out in order (docs/web-world-status.md)."""
-    from crystalvlm.models.tiny import tiny_vision_config
-    from crystalvlm.train.pretrain_parts import pretrain_tiny_clip
-    from crystalvlm.train.pretrain_reader import pretrain_tiny_reader
-    from crystalvlm.train.tiny_world import warn_if_contrastive_chance
+    from crystalvlm.worlds.parts.tiny import tiny_vision_config
+    from crystalvlm.worlds.parts.clip import pretrain_tiny_clip, warn_if_contrastive_chance
+    from crystalvlm.worlds.parts.reader import pretrain_tiny_reader
 
     objective = settings.get("vision_pretraining", "reader")
     if objective not in VISION_PRETRAINING:
@@ -211,14 +213,14 @@ def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, se
                 raise ValueError(f"vision_word_boxes: no word boxes for {len(missing)} screenshots "
                                  f"(first: {missing[0]}); the world's word_boxes.json is missing or stale")
             boxes = [word_boxes[r["image"]] for r in records]
-        report = pretrain_tiny_reader(pairs, config, parts / "vision", steps=steps, seed=seed, progress=progress,
+        report = pretrain_tiny_reader(pairs, config, out, steps=steps, seed=seed, progress=progress,
                                       pooling=settings.get("vision_pooling", "max"), word_boxes=boxes, **lr)
         measured = {"held_out_pages": report.held_out, "held_out_recall": report.held_out_recall,
                     "chance_recall": report.chance_recall, "word_patch_accuracy": report.word_patch_accuracy,
                     "word_patch_chance": report.word_patch_chance}
     else:
         pairs = clip_pairs(records, image_folder, settings.get("vision_captions", "summary"))
-        report = pretrain_tiny_clip(pairs, tokenizer, config, parts / "vision", steps=steps, seed=seed,
+        report = pretrain_tiny_clip(pairs, tokenizer, config, out, steps=steps, seed=seed,
                                     progress=progress, **lr)
         warn_if_contrastive_chance(report)
         measured = {"chance_loss": report.chance_loss}
@@ -228,7 +230,8 @@ def pretrain_vision_tower(records: list[dict], image_folder: Path, tokenizer, se
 
 def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: RenderPool | None = None,
                            progress: bool = True) -> dict:
-    """Write the web world, train the tokenizer, pretrain the vision tower and LM; return what was done.
+    """Write the web world, train the tokenizer, pretrain the vision tower and LM, in resumable
+    steps (`base.PreparedFolder`); return what was done.
 
     `settings`: n_train, n_eval (pages), viewport [w, h], questions_per_page, wub_per_page,
     tokenizer_vocab, tokenizer_isolate_spaces (see `train_tiny_tokenizer`),
@@ -238,17 +241,11 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     lm_steps. `pool` (optional) is a running RenderPool with that viewport."""
     from transformers import AutoTokenizer
 
-    from crystalvlm.models.tiny import tiny_llm_config, train_tiny_tokenizer
-    from crystalvlm.train.pretrain_parts import pretrain_tiny_lm
-    from crystalvlm.train.tiny_world import already_prepared
     from crystalvlm.web2code.synth import write_web_world
+    from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config, train_tiny_tokenizer
 
     world = Path(world)
-    marker = world / "prepared.json"
-    wanted = {"settings": settings, "seed": seed}
-    done = already_prepared(marker, wanted)
-    if done is not None:
-        return done
     if settings.get("world", "web") != "web":
         raise ValueError(f"prepare_tiny_web_world: settings.world must be 'web', got {settings.get('world')!r}")
     viewport = tuple(int(v) for v in settings.get("viewport", DEFAULT_VIEWPORT))
@@ -256,45 +253,62 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
         # Refused before thousands of pages are rendered without the boxes the reader needs.
         raise ValueError("prepare_tiny_web_world: vision_word_boxes needs a pool that reads word boxes "
                          "(RenderSettings(word_boxes=True))")
-    timings: dict[str, float] = {}
-
-    started = time.time()
-    own_pool = pool is None
-    pool = pool or RenderPool(RenderSettings(viewport=viewport, word_boxes=True))
-    counting = ProgressPool(pool, "web world: rendering pages", progress=progress)
-    try:
-        web = write_web_world(world, int(settings["n_train"]), int(settings["n_eval"]), seed=seed, viewport=viewport,
-                              complexity="simple", pool=counting,  # type: ignore[arg-type]
-                              questions_per_page=int(settings.get("questions_per_page", 4)),
-                              wub_per_page=int(settings.get("wub_per_page", 4)))
-    finally:
-        counting.close()
-        if own_pool:
-            pool.close()
-    timings["world_s"] = time.time() - started
-
-    records = json.loads(web.dwcg_train.read_text(encoding="utf-8"))
-    write_summary_captions(records, world / SUMMARIES_FILE)
-
-    started = time.time()
-    texts = _corpus(world)
+    folder = PreparedFolder(world, settings, seed).open()
     parts = world / "parts"
-    train_tiny_tokenizer(texts + _template_words(), parts / "tokenizer", vocab_size=int(settings.get("tokenizer_vocab", 1024)),
-                         isolate_spaces=bool(settings.get("tokenizer_isolate_spaces", False)))
-    tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
-    timings["tokenizer_s"] = time.time() - started
 
-    word_boxes = (json.loads(web.word_boxes.read_text(encoding="utf-8"))
-                  if settings.get("vision_word_boxes", False) else None)
-    vision = pretrain_vision_tower(records, web.image_folder, tokenizer, settings, parts, seed=seed, progress=progress,
-                                   word_boxes=word_boxes)
-    timings["vision_s"] = vision.pop("seconds")
-    llm = tiny_llm_config(len(tokenizer), **settings["llm"])
-    lm = pretrain_tiny_lm(texts, tokenizer, llm, parts / "lm", steps=int(settings["lm_steps"]), seed=seed,
-                          progress=progress)
-    timings["lm_s"] = lm.seconds
-    done = {**wanted, "timings": timings, "counts": web.counts,
-            "vision": vision,
-            "lm": {"steps": lm.steps, "first_loss": lm.first_loss, "last_loss": lm.last_loss}}
-    marker.write_text(json.dumps(done, indent=2))
-    return done
+    def write_world() -> dict:
+        # A cut run may have left part of the data: everything but the marker is redone.
+        for child in world.iterdir():
+            if child.name != MARKER:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        partial = world / f"data.partial-{os.getpid()}"
+        started = time.time()
+        own_pool = pool is None
+        renderer = pool or RenderPool(RenderSettings(viewport=viewport, word_boxes=True))
+        counting = ProgressPool(renderer, "web world: rendering pages", progress=progress)
+        try:
+            web = write_web_world(partial, int(settings["n_train"]), int(settings["n_eval"]), seed=seed,
+                                  viewport=viewport, complexity="simple", pool=counting,  # type: ignore[arg-type]
+                                  questions_per_page=int(settings.get("questions_per_page", 4)),
+                                  wub_per_page=int(settings.get("wub_per_page", 4)))
+        finally:
+            counting.close()
+            if own_pool:
+                renderer.close()
+        records = json.loads(web.dwcg_train.read_text(encoding="utf-8"))
+        write_summary_captions(records, partial / SUMMARIES_FILE)
+        move_children(partial, world)
+        return {"seconds": time.time() - started, "counts": web.counts}
+
+    def train_tokenizer() -> dict:
+        started = time.time()
+        with staged(parts / "tokenizer") as out:
+            train_tiny_tokenizer(_corpus(world) + _template_words(), out,
+                                 vocab_size=int(settings.get("tokenizer_vocab", 1024)),
+                                 isolate_spaces=bool(settings.get("tokenizer_isolate_spaces", False)))
+        return {"seconds": time.time() - started}
+
+    def pretrain_vision() -> dict:
+        tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
+        records = json.loads((world / "dwcg_train.json").read_text(encoding="utf-8"))
+        word_boxes = (json.loads((world / "word_boxes.json").read_text(encoding="utf-8"))
+                      if settings.get("vision_word_boxes", False) else None)
+        with staged(parts / "vision") as out:
+            return pretrain_vision_tower(records, world / "images", tokenizer, settings, out, seed=seed,
+                                         progress=progress, word_boxes=word_boxes)
+
+    def pretrain_lm() -> dict:
+        tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
+        llm = tiny_llm_config(len(tokenizer), **settings["llm"])
+        with staged(parts / "lm") as out:
+            lm = pretrain_tiny_lm(_corpus(world), tokenizer, llm, out, steps=int(settings["lm_steps"]), seed=seed,
+                                  progress=progress)
+        return {"steps": lm.steps, "first_loss": lm.first_loss, "last_loss": lm.last_loss, "seconds": lm.seconds}
+
+    steps = {"world": write_world, "tokenizer": train_tokenizer, "vision": pretrain_vision, "lm": pretrain_lm}
+    done = {name: folder.run(name, work) for name, work in steps.items()}
+    timings = {"world_s": done["world"]["seconds"], "tokenizer_s": done["tokenizer"]["seconds"],
+               "vision_s": done["vision"]["seconds"], "lm_s": done["lm"]["seconds"]}
+    return folder.finish(timings=timings, counts=done["world"]["counts"],
+                         vision={k: v for k, v in done["vision"].items() if k != "seconds"},
+                         lm={k: v for k, v in done["lm"].items() if k != "seconds"})

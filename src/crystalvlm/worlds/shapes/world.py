@@ -1,36 +1,19 @@
-"""`crystalvlm quickstart`: the whole pipeline on a laptop CPU, nothing downloaded.
-
-    world  -> the shapes world (images, caption and instruction data, benchmarks in official formats)
-    parts  -> a tiny CLIP trained contrastively and a tiny LM trained on the world's text
-    build  -> LlavaForConditionalGeneration composed from them; evaluated before training
-    train  -> stage `align` (projector only, plain template), then `finetune` (projector + LLM)
-    eval   -> POPE (3 splits) and MME again; report.json and report.html with curves and tables
-
-`--scale smoke` shrinks every size so the same code path runs in well under a minute (tests use it);
-its scores mean little.
+"""The shapes world: seeded scenes of shapes, colours, positions and words, with caption data,
+an instruction mixture and held-out benchmarks in the official file formats (POPE, MME, ScienceQA,
+TextVQA, CHAIR). Its quickstart trains recipe `tiny` and is judged on POPE's three splits and MME.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import time
 from pathlib import Path
+
+from crystalvlm.worlds.base import World, WorldContext
 
 QUICKSTART_TASKS = ("pope_random", "pope_popular", "pope_adversarial", "mme")
 # POPE and MME want a yes/no answer (two tokens here); the official budget of 128 tokens only lets an
 # untrained model ramble, which on a CPU costs minutes and changes no score (scoring reads the start).
 QUICKSTART_MAX_NEW_TOKENS = 16
-
-# A reduced run for tests: same steps, small sizes.
-SMOKE_OVERRIDES = [
-    "prepare.n_train=120", "prepare.n_eval=12", "prepare.clip_steps=6", "prepare.lm_steps=6",
-    "stages.align.max_steps=3", "stages.finetune.max_steps=4",
-]
-
-
-def _banner(text: str) -> None:
-    print(f"\n== {text}", flush=True)
 
 
 def build_quickstart_tasks(world: Path, limit_per_task: int | None = None,
@@ -48,80 +31,35 @@ def build_quickstart_tasks(world: Path, limit_per_task: int | None = None,
     return tasks
 
 
-def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: int = 0, batch_size: int = 32) -> dict:
-    if world == "web":
-        from crystalvlm.web2code.quickstart import run_web_quickstart
+class ShapesWorld(World):
+    name = "shapes"
+    recipe = "tiny"
+    # A reduced run for tests: same steps, small sizes.
+    smoke_overrides = (
+        "prepare.n_train=120", "prepare.n_eval=12", "prepare.clip_steps=6", "prepare.lm_steps=6",
+        "stages.align.max_steps=3", "stages.finetune.max_steps=4",
+    )
+    pretrained_parts = ("clip", "lm")
 
-        return run_web_quickstart(out, scale=scale, seed=seed)
-    from crystalvlm.data.templates import get_template
-    from crystalvlm.eval.runner import evaluate
-    from crystalvlm.infer.engine import DecodingConfig, GenerationEngine
-    from crystalvlm.models.build import ModelSpec, build_llava
-    from crystalvlm.models.checkpoint import CheckpointInfo, save_checkpoint
-    from crystalvlm.train.recipe import apply_overrides, load_recipe
-    from crystalvlm.train.recipe import _read as read_recipe
-    from crystalvlm.train.tiny_world import prepare_tiny_world
-    from crystalvlm.train.trainer import TrainOptions, train_recipe
+    def prepare(self, folder: Path, settings: dict, seed: int = 0, progress: bool = True, resources=None) -> dict:
+        from crystalvlm.worlds.shapes.prepare import prepare_tiny_world
 
-    started = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    overrides = [f"seed={seed}"] + (SMOKE_OVERRIDES if scale == "smoke" else [])
-    raw = apply_overrides(read_recipe("tiny"), overrides)
-    world_dir = out / "world"
-    timings: dict[str, float] = {}
+        return prepare_tiny_world(folder, settings, seed=seed, progress=progress)
 
-    _banner("1/5 making the shapes world and its tiny pretrained parts")
-    prepared = prepare_tiny_world(world_dir, raw["prepare"], seed=seed)
-    timings["prepare_s"] = time.time() - started
-    recipe = load_recipe("tiny", overrides, {"world": str(world_dir), "run_dir": str(out)})
-    run_dir = out / "run"
-    tasks = build_quickstart_tasks(world_dir)
-    decoding = DecodingConfig(strategy="greedy")
+    def tasks(self, folder: Path, settings: dict, resources=None) -> list:
+        return build_quickstart_tasks(folder)
 
-    _banner("2/5 composing the tiny LLaVA and evaluating it before training")
-    finetune_template = recipe.stages[-1].template
-    model, processor = build_llava(ModelSpec.from_dict(recipe.model),
-                                   chat_template=get_template(finetune_template).chat_template_jinja())
-    initial = save_checkpoint(model, processor, run_dir / "initial",
-                              CheckpointInfo(template=finetune_template, image_mode=recipe.image_mode, stage="initial",
-                                             recipe=recipe.name))
-    mark = time.time()
-    engine = GenerationEngine(model.eval(), processor, finetune_template, recipe.image_mode, batch_size=batch_size)
-    before = evaluate(engine, tasks, out / "eval" / "before", decoding, model_id=str(initial))
-    timings["eval_before_s"] = time.time() - mark
+    def report_metrics(self, task: str, metrics: dict[str, float]) -> dict[str, float]:
+        return _quickstart_metrics(task, metrics)
 
-    _banner("3/5 training: align (projector), then finetune (projector + LLM)")
-    mark = time.time()
-    results = train_recipe(recipe, TrainOptions(run_dir=run_dir, progress=True))
-    timings["train_s"] = time.time() - mark
-    final = results[-1].checkpoint
+    def add_to_report(self, report: dict, context: WorldContext) -> None:
+        pass  # the shapes report is the common one
 
-    _banner("4/5 evaluating the trained model")
-    mark = time.time()
-    engine = GenerationEngine.from_checkpoint(final, batch_size=batch_size)
-    after = evaluate(engine, tasks, out / "eval" / "after", decoding, model_id=str(final))
-    timings["eval_after_s"] = time.time() - mark
+    def write_html(self, out: Path, report: dict, context: WorldContext, engine, tasks: list) -> Path:
+        return write_quickstart_html(out, report, context.run_dir, engine, tasks)
 
-    _banner("5/5 writing the report")
-    report = {
-        "wall_seconds": round(time.time() - started, 1),
-        "scale": scale,
-        "seed": seed,
-        "checkpoint": str(final),
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-        "pretraining": {k: prepared.get(k) for k in ("clip", "lm")},
-        "training": {r.name: {"steps": r.steps, "final_loss": r.final_loss, "skipped_records": len(r.problems)}
-                     for r in results},
-        "benchmarks": {name: {"before": _quickstart_metrics(name, before[name]),
-                              "after": _quickstart_metrics(name, after[name])} for name in before},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_quickstart_html(out, report, run_dir, engine, tasks)
-    report["wall_seconds"] = round(time.time() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print_summary(report, out, final)
-    return report
+    def print_summary(self, report: dict, out: Path, checkpoint: Path, context: WorldContext) -> None:
+        _print_summary(report, out, checkpoint)
 
 
 def _quickstart_metrics(task: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -186,7 +124,7 @@ def _example_answers(engine, tasks, count: int = 6) -> list[tuple[bytes, str]]:
     """A few held-out images with POPE questions and the trained model's answers."""
     from PIL import Image
 
-    from crystalvlm.data.templates import Turn
+    from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
     from crystalvlm.infer.engine import DecodingConfig, GenerationRequest
 
     pope = next(t for t in tasks if t.name.startswith("pope"))
@@ -198,8 +136,8 @@ def _example_answers(engine, tasks, count: int = 6) -> list[tuple[bytes, str]]:
         with Image.open(image_path) as image:
             image = image.convert("RGB")
         questions = samples[:3]
-        requests = [GenerationRequest([Turn("user", f"<image>\n{s.prompt}")], [image]) for s in questions]
-        describe = GenerationRequest([Turn("user", "<image>\nDescribe the image concisely.")], [image])
+        requests = [GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{s.prompt}")], [image]) for s in questions]
+        describe = GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\nDescribe the image concisely.")], [image])
         answers = engine.generate(requests + [describe], DecodingConfig(strategy="greedy", max_new_tokens=24))
         lines = [f"Q: {s.prompt.splitlines()[0]} A: {a.text} (truth: {s.target})" for s, a in zip(questions, answers)]
         lines.append(f"Describe: {answers[-1].text}")

@@ -28,16 +28,14 @@ the vision half of any CLIP.
 
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from crystalvlm.train.pretrain_parts import PretrainReport, _pixels
+from crystalvlm.worlds.parts.loop import PretrainReport, load_pixels, optimise, report, warmup_cosine
 
 
 @dataclass
@@ -143,8 +141,6 @@ def pretrain_tiny_reader(
     `word_boxes`, one list per pair, adds the per-patch word objective (see the module docstring).
 
     Deterministic for a seed: the same pages, order and weights on any machine."""
-    from tqdm.auto import tqdm
-
     if not pairs:
         raise ValueError("pretrain_tiny_reader: no (screenshot, caption) pairs")
     if pooling not in POOLING:
@@ -163,41 +159,30 @@ def pretrain_tiny_reader(
         if not patch_vocabulary:
             raise ValueError("pretrain_tiny_reader: word boxes were given but hold no words "
                              "(render with RenderSettings(word_boxes=True))")
-    pixels = _pixels([path for path, _ in pairs], vision["image_size"], image_mean, image_std)  # (N, 3, S, S)
+    pixels = load_pixels([path for path, _ in pairs], vision["image_size"], image_mean, image_std)  # (N, 3, S, S)
     shuffled = list(range(len(pairs)))
     rng.shuffle(shuffled)
     held = shuffled[:int(len(pairs) * held_out_fraction)] if len(pairs) >= 40 else []
     train = shuffled[len(held):]
 
     model = _Tagger(vision, len(vocabulary), feature_layer, pooling, patch_words=len(patch_vocabulary))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, min(50, steps // 10))
-    losses: list[float] = []
     order: list[int] = []
-    started = time.time()
-    bar = tqdm(desc="pretrain tiny reader", total=steps, disable=not progress, unit="step")
-    for step in range(steps):
-        if len(order) < batch_size:
+
+    def step_loss(step: int) -> torch.Tensor:
+        nonlocal order
+        if len(order) < batch_size:  # epochs of the shuffled training pages, drawn batch by batch
             fresh = list(train)
             rng.shuffle(fresh)
             order += fresh
         batch, order = order[:batch_size], order[batch_size:]
-        # Linear warmup, then cosine decay to zero: the last steps settle instead of jumping around.
-        scale = min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * scale
-        pooled, per_patch = model(pixels[batch])
+        pooled, per_patch = model(pixels[batch])  # (B, labels), (B, P, words + 1) or None
         loss = torch.nn.functional.binary_cross_entropy_with_logits(pooled, targets[batch])
         if per_patch is not None:
             loss = loss + torch.nn.functional.cross_entropy(per_patch.flatten(0, 1), patch_labels[batch].flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    bar.close()
+        return loss
+
+    losses, seconds = optimise(model, step_loss, steps, lr, warmup_cosine(max(1, min(50, steps // 10))),
+                               weight_decay=0.0, description="pretrain tiny reader", progress=progress)
 
     recall = chance = patch_accuracy = patch_chance = None
     if held:
@@ -215,6 +200,5 @@ def pretrain_tiny_reader(
                 patch_accuracy = (named[under_words] == truth[under_words]).float().mean().item()
                 patch_chance = truth[under_words].bincount().max().item() / under_words.sum().item()
     model.tower.save_pretrained(out_dir)
-    return ReaderReport(steps, time.time() - started, losses[0], sum(losses[-20:]) / len(losses[-20:]), losses,
-                        held_out=len(held), held_out_recall=recall, chance_recall=chance,
+    return ReaderReport(**report(losses, seconds), held_out=len(held), held_out_recall=recall, chance_recall=chance,
                         word_patch_accuracy=patch_accuracy, word_patch_chance=patch_chance)

@@ -32,14 +32,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from crystalvlm.data.synthetic.shapes import (
+from crystalvlm.worlds.shapes.scenes import (
     COLORS, SHAPES, Scene, SceneConfig, ShapeStatistics, check_image_size, sample_scene,
 )
-from crystalvlm.data.synthetic.shapes_benchmarks import (
+from crystalvlm.worlds.shapes.benchmarks import (
     MME_SUBTASKS, EvalSceneSource, draw_pope_scenes, mme_images_per_subtask, save_image, write_chair, write_json,
     write_json_lines, write_mme, write_pope, write_scienceqa, write_textvqa,
 )
-from crystalvlm.data.synthetic.shapes_instructions import (
+from crystalvlm.worlds.shapes.instructions import (
     FinetuneMix, align_record, build_finetune_records, existence_survey_line, grounded_corpus_line, shape_caption,
 )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crystalvlm.reporting import HtmlReport, add_loss_curves, close, new_figure
 from crystalvlm.web2code.metrics.wcgb import METRIC_NAMES
-from crystalvlm.web2code.tasks import ScoredPage
+from crystalvlm.eval.tasks.web import ScoredPage
 
 COLUMNS = ("before", "baseline", "after")
 COLUMN_LABELS = {"before": "untrained", "baseline": "constant baseline", "after": "trained"}

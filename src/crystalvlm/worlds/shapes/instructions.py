@@ -20,13 +20,14 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Callable
 
-from crystalvlm.data.synthetic.shapes import (
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
+from crystalvlm.worlds.parts.corpus import corpus_line
+from crystalvlm.worlds.shapes.scenes import (
     COLORS, CORNERS, POSITION_PHRASES, POSITIONS, PLURALS, SHAPES, SIDES, STAR_POINTS, WORDS, NUMBERS,
     Scene, SceneObject, ShapeStatistics, article, column_of, evaluate_expression, is_above, is_left_of,
     number_word, row_of,
 )
 
-IMAGE_TOKEN = "<image>"
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 OPTION_PROMPT = "Answer with the option's letter from the given choices directly."
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
@@ -586,7 +587,7 @@ def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
 
 def _image_record(record_id: str, image: str, turns: list[tuple[str, str]]) -> dict:
     first_human, first_gpt = turns[0]
-    turns = [(f"{IMAGE_TOKEN}\n{first_human}", first_gpt)] + turns[1:]
+    turns = [(f"{IMAGE_PLACEHOLDER}\n{first_human}", first_gpt)] + turns[1:]
     return {"id": record_id, "image": image, "conversations": _conversation(turns)}
 
 
@@ -852,12 +853,3 @@ def existence_survey_line(scene: Scene, rng: random.Random) -> str:
     counts = scene.shape_counts()
     questions = [f"Is there {article(shape)} {shape} in the image? {yes_no(counts[shape] > 0)}" for shape in shapes]
     return " ".join([sentence_caption(scene)] + questions)
-
-
-def corpus_line(record: dict) -> str:
-    """A record's conversation as one line of plain text (no image placeholder, no newlines)."""
-    parts = []
-    for message in record["conversations"]:
-        text = message["value"].replace(IMAGE_TOKEN, " ").replace("\n", " ")
-        parts.append(" ".join(text.split()))
-    return " ".join(p for p in parts if p)

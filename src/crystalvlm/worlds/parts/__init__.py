@@ -1,0 +1,1 @@
+"""Tiny parts a world pretrains for itself: tokenizer, configs, CLIP, reader, LM, one loop."""

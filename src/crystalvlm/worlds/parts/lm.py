@@ -1,0 +1,78 @@
+"""A tiny LM pretrained on a world's text, the way the reference recipe starts from an LLM trained
+on text: a LlamaForCausalLM trained on packed lines, saved with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from crystalvlm.worlds.parts.loop import PretrainReport, optimise, report, warmup_constant
+
+
+def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lines -> (input_ids, labels), each (N_blocks, block), with no line that fits in a block
+    split across two: a line starts a new block when it does not fit in what is left of the current
+    one, which is padded (labels -100 there). Lines longer than a block fill whole blocks.
+
+    Why not plain concatenation: a world's corpus line states what an image shows and then asks
+    about it; cut in two, the second half's answers cannot be inferred from its context, and the
+    lookup skill the LLaVA reuses gets only noise from them."""
+    rows: list[list[int]] = []
+    current: list[int] = []
+    for line in lines:
+        if current and len(current) + len(line) > block:
+            rows.append(current)
+            current = []
+        while len(line) > block:
+            rows.append(line[:block])
+            line = line[block:]
+        current += line
+    if current:
+        rows.append(current)
+    if not rows:
+        raise ValueError("text corpus is empty: nothing to pretrain the LM on")
+    input_ids = torch.full((len(rows), block), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), block), -100, dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        labels[index, : len(row)] = torch.tensor(row)
+    return input_ids, labels
+
+
+def pretrain_tiny_lm(
+    texts: list[str],
+    tokenizer,
+    llm_config: dict,
+    out_dir: Path,
+    steps: int,
+    batch_size: int = 32,
+    block: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> PretrainReport:
+    """Next-token pretraining on packed blocks of the world's text; saves the model and tokenizer."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    fields = {k: v for k, v in llm_config.items() if k != "model_type"}
+    fields["vocab_size"] = len(tokenizer)
+    fields["pad_token_id"] = tokenizer.pad_token_id
+    fields["bos_token_id"] = tokenizer.bos_token_id
+    fields["eos_token_id"] = tokenizer.eos_token_id
+    model = LlamaForCausalLM(LlamaConfig(**fields))
+    lines = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    blocks, labels = pack_lines(lines, block, tokenizer.pad_token_id)  # (N_blocks, block) each
+
+    def step_loss(step: int) -> torch.Tensor:
+        batch = torch.tensor([rng.randrange(len(blocks)) for _ in range(batch_size)])  # blocks drawn with replacement
+        return model(input_ids=blocks[batch], labels=labels[batch]).loss
+
+    losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,
+                               description="pretrain tiny LM", progress=progress)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return PretrainReport(**report(losses, seconds))

@@ -1,0 +1,1 @@
+"""The shapes world: scenes, captions, instructions, benchmarks, preparation, quickstart hooks."""

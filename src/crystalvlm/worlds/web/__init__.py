@@ -1,0 +1,1 @@
+"""The web world: generated pages, preparation, constant baselines, quickstart hooks and report."""
