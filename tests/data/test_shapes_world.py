@@ -16,7 +16,7 @@ from crystalvlm.data.records import load_records
 from crystalvlm.worlds.shapes.scenes import (
     BACKGROUND, COLORS, PLURALS, POSITIONS, SHAPES, TEXT_COLOR, interior_point, position_name,
 )
-from crystalvlm.worlds.shapes.instructions import FinetuneMix
+from crystalvlm.worlds.shapes.mixture import FinetuneMix
 from crystalvlm.worlds.shapes.writer import write_shapes_world
 
 N_TRAIN, N_EVAL = 80, 16

@@ -30,10 +30,9 @@ from crystalvlm.worlds.shapes.scenes import (
     COLORS, CORNERS, PLURALS, SHAPES, Scene, SceneConfig, ShapeStatistics, article, column_of,
     evaluate_expression, number_word, render_scene, row_of, sample_scene,
 )
-from crystalvlm.worlds.shapes.instructions import (
-    CONTEXT_HINTS, wrong_reading, shuffled_options, knowledge_item, reference_without_color,
-    reference_without_position,
-)
+from crystalvlm.worlds.shapes.captions import reference_without_color, reference_without_position
+from crystalvlm.worlds.shapes.mixture import knowledge_item
+from crystalvlm.worlds.shapes.questions import CONTEXT_HINTS, shuffled_options, wrong_reading
 
 MME_SUFFIX = " Please answer yes or no."
 POPE_SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")

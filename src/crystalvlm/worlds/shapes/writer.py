@@ -39,9 +39,9 @@ from crystalvlm.worlds.shapes.benchmarks import (
     MME_SUBTASKS, EvalSceneSource, draw_pope_scenes, mme_images_per_subtask, save_image, write_chair, write_json,
     write_json_lines, write_mme, write_pope, write_scienceqa, write_textvqa,
 )
-from crystalvlm.worlds.shapes.instructions import (
-    FinetuneMix, align_record, build_finetune_records, existence_survey_line, grounded_corpus_line, shape_caption,
-)
+from crystalvlm.worlds.shapes.captions import shape_caption
+from crystalvlm.worlds.shapes.corpus import existence_survey_line, grounded_corpus_line
+from crystalvlm.worlds.shapes.mixture import FinetuneMix, align_record, build_finetune_records
 
 WORLD_NAME = "shapes"
 FORMAT_VERSION = 1
