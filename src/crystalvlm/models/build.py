@@ -207,8 +207,8 @@ def start_as_one_linear_map(projector: torch.nn.Module) -> None:
 
     Left to the library's initialisation both layers are drawn with std 0.02, and their product is
     a map ~0.02 * 0.02 * sqrt(width) strong whose two factors barely move at first, as in any deep
-    linear network started near zero. On the tiny web world that left the LLaVA unable to learn to
-    read a page's words in 800 steps where a single linear map learns it in ~300. So `linear_1`
+    linear network started near zero, and learning is slow to start (docs/web-world-status.md
+    measures it). So `linear_1`
     is initialised as `torch.nn.Linear` initialises itself (what LLaVA's own `linear` projector
     starts from) and `linear_2`, square at the text width, as the identity with zero bias."""
     with torch.no_grad():

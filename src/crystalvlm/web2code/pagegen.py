@@ -11,10 +11,8 @@
   document (`<!DOCTYPE html>`) whose `<body>` has a named background colour and holds 1-3 of
   `<h1>`, `<p>`, `<button>`, `<div>` with inline styles, named CSS colours and 1-3 words each from
   16 interface words ("home", "login", "contact", ...); about 110-250 characters of HTML.
-  Why 16 words: a tiny vision tower has to learn to read them from a thousand-odd screenshots.
-  Measured with a supervised word probe on 1,200 128-pixel screenshots (held-out recall of the
-  page's words): the earlier 48-word vocabulary 0.12 (chance 0.07), 16 words 0.45 (chance 0.19),
-  and 16 words from 4,900 screenshots 0.63 (chance 0.24) and still rising.
+  Why 16 words: a tiny vision tower has to learn to read them from a thousand-odd screenshots
+  (docs/web-world-status.md has the probe measurements behind the choice).
 
 Pages are self-contained (no scripts, no external resources) and every text colour contrasts
 with what it stands on.

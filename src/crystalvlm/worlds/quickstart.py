@@ -42,7 +42,21 @@ def _start_or_continue(out: Path, settings: dict) -> None:
         write_json_atomic(marker, settings)
 
 
+def _training_summary(run_dir: Path, result) -> dict:
+    """Steps, final loss and skipped records of a stage, also when an earlier (killed) run of the
+    quickstart finished it and this one kept it: then they come from the stage's own records."""
+    if result.final_loss is not None:
+        return {"steps": result.steps, "final_loss": result.final_loss, "skipped_records": len(result.problems)}
+    stage = run_dir / result.name
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    problems = stage / "data_problems.jsonl"
+    skipped = sum(1 for line in problems.read_text().splitlines() if line.strip()) if problems.is_file() else 0
+    return {"steps": rows[-1]["step"], "final_loss": rows[-1]["loss"], "skipped_records": skipped}
+
+
 def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: int = 0, batch_size: int = 32) -> dict:
+    from accelerate.utils import set_seed
+
     from crystalvlm.data.templates import get_template
     from crystalvlm.eval.commands import checkpoint_revision
     from crystalvlm.eval.runner import evaluate
@@ -82,7 +96,10 @@ def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: 
         mark = time.time()
         template = recipe.stages[-1].template
         initial = run_dir / "initial"
-        if not (initial / "config.json").is_file():  # the composed model is a pure function of the seed
+        if not (initial / "config.json").is_file():
+            # Seeded as the trainer seeds its first stage, so the untrained model is exactly the one
+            # training starts from, and a rerun after a kill composes it again bit for bit.
+            set_seed(recipe.seed)
             model, processor = build_llava(ModelSpec.from_dict(recipe.model),
                                            chat_template=get_template(template).chat_template_jinja())
             save_checkpoint(model, processor, initial, CheckpointInfo(template=template, image_mode=recipe.image_mode,
@@ -121,8 +138,7 @@ def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: 
             "checkpoint": str(final),
             "timings": {k: round(v, 1) for k, v in timings.items()},
             "pretraining": {part: prepared.get(part) for part in chosen.pretrained_parts},
-            "training": {r.name: {"steps": r.steps, "final_loss": r.final_loss, "skipped_records": len(r.problems)}
-                         for r in results},
+            "training": {r.name: _training_summary(run_dir, r) for r in results},
             "benchmarks": benchmarks,
             "max_new_tokens": {task.name: task.max_new_tokens for task in tasks},
         }
