@@ -186,7 +186,7 @@ def _example_answers(engine, tasks, count: int = 6) -> list[tuple[bytes, str]]:
     """A few held-out images with POPE questions and the trained model's answers."""
     from PIL import Image
 
-    from crystalvlm.data.templates import Turn
+    from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
     from crystalvlm.infer.engine import DecodingConfig, GenerationRequest
 
     pope = next(t for t in tasks if t.name.startswith("pope"))
@@ -198,8 +198,8 @@ def _example_answers(engine, tasks, count: int = 6) -> list[tuple[bytes, str]]:
         with Image.open(image_path) as image:
             image = image.convert("RGB")
         questions = samples[:3]
-        requests = [GenerationRequest([Turn("user", f"<image>\n{s.prompt}")], [image]) for s in questions]
-        describe = GenerationRequest([Turn("user", "<image>\nDescribe the image concisely.")], [image])
+        requests = [GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{s.prompt}")], [image]) for s in questions]
+        describe = GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\nDescribe the image concisely.")], [image])
         answers = engine.generate(requests + [describe], DecodingConfig(strategy="greedy", max_new_tokens=24))
         lines = [f"Q: {s.prompt.splitlines()[0]} A: {a.text} (truth: {s.target})" for s, a in zip(questions, answers)]
         lines.append(f"Describe: {answers[-1].text}")

@@ -26,6 +26,7 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
 
 DEFAULT_VIEWPORT = (128, 128)
@@ -163,7 +164,7 @@ def write_summary_captions(dwcg_records: list[dict], out: Path) -> int:
     for record in dwcg_records:
         html = record["conversations"][-1]["value"]
         captions.append({"id": record["id"].replace("dwcg_", "summary_", 1), "image": record["image"],
-                         "conversations": [{"from": "human", "value": f"<image>\n{SUMMARY_PROMPT}"},
+                         "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{SUMMARY_PROMPT}"},
                                            {"from": "gpt", "value": page_summary(html)}]})
     out.write_text(json.dumps(captions, indent=1), encoding="utf-8")
     return len(captions)

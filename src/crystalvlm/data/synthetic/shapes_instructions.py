@@ -25,8 +25,7 @@ from crystalvlm.data.synthetic.shapes import (
     Scene, SceneObject, ShapeStatistics, article, column_of, evaluate_expression, is_above, is_left_of,
     number_word, row_of,
 )
-
-IMAGE_TOKEN = "<image>"
+from crystalvlm.markers import IMAGE_TOKEN
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 OPTION_PROMPT = "Answer with the option's letter from the given choices directly."
 CAPTION_PROMPT = "Provide a one-sentence caption for the provided image."
