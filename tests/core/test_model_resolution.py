@@ -1,0 +1,80 @@
+"""Every command that takes a model accepts a checkpoint folder or a Hub id found in the Hugging Face
+cache, offline; anything else is refused with a message that names it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crystalvlm.models.checkpoint import ModelNotFoundError, checkpoint_revision, load_checkpoint, resolve_model
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _cache_tiny_checkpoint(hub_cache: Path, checkpoint: Path, repo_id: str) -> Path:
+    """Lay a checkpoint out as huggingface_hub caches a download: the files as blobs, a snapshot
+    folder of symlinks named by the commit, and refs/main naming that commit."""
+    owner, name = repo_id.split("/")
+    repo = hub_cache / f"models--{owner}--{name}"
+    snapshot = repo / "snapshots" / REVISION
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for index, file in enumerate(sorted(p for p in checkpoint.iterdir() if p.is_file())):
+        blob = repo / "blobs" / f"blob{index:04d}"
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(REVISION)
+    return snapshot
+
+
+@pytest.fixture()
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache of this test's own, offline (HF_HOME and the hub's constant agree)."""
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf_home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_a_local_folder_is_used_as_it_is(tiny_checkpoint):
+    assert resolve_model(tiny_checkpoint) == tiny_checkpoint
+    assert resolve_model(str(tiny_checkpoint)) == tiny_checkpoint
+    model, processor, info = load_checkpoint(str(tiny_checkpoint))
+    assert info.template == "vicuna_v1" and model.config.image_seq_length == 16
+
+
+def test_a_path_that_is_no_checkpoint_is_named(tmp_path, hub_cache):
+    with pytest.raises(ModelNotFoundError, match=r"/nonexist/model is not a checkpoint folder \(it does not exist\)"):
+        resolve_model("/nonexist/model")
+    with pytest.raises(ModelNotFoundError, match=r"is not a checkpoint folder \(no config\.json\)"):
+        load_checkpoint(tmp_path)
+
+
+def test_an_uncached_hub_id_says_to_download_it(hub_cache):
+    with pytest.raises(ModelNotFoundError) as caught:
+        load_checkpoint("someone/not-downloaded")
+    message = str(caught.value)
+    assert "model 'someone/not-downloaded' is not a local folder and is not in the Hugging Face cache" in message
+    assert "hf download someone/not-downloaded" in message
+    assert isinstance(caught.value, FileNotFoundError)  # callers that catch OSError keep working
+
+
+def test_a_cached_hub_id_resolves_to_its_snapshot(tiny_checkpoint, hub_cache):
+    snapshot = _cache_tiny_checkpoint(hub_cache, tiny_checkpoint, "crystal/tiny-llava")
+    assert resolve_model("crystal/tiny-llava") == snapshot
+    model, processor, info = load_checkpoint("crystal/tiny-llava")
+    assert info.template == "vicuna_v1"  # the sidecar is read from the snapshot
+    assert model.config.image_seq_length == 16
+    # The revision stamp reads the snapshot's files through their symlinks.
+    assert len(checkpoint_revision(snapshot)) == 16
+    assert checkpoint_revision(snapshot) != checkpoint_revision(tiny_checkpoint)  # other modification times
