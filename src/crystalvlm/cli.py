@@ -71,9 +71,11 @@ def _add_train(sub) -> None:
 # ----------------------------------------------------------------------------- data
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from crystalvlm.data.check import check_data
+    from crystalvlm.infer.prompts import checkpoint_encoder
 
     prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None,
-                                   Path(args.model), args.template, args.max_length, progress=not args.quiet)
+                                   checkpoint_encoder(args.model, args.template, max_length=args.max_length,
+                                                      require_template=True), progress=not args.quiet)
     for problem in prepared.problems:
         print(f"BAD {problem}")
     print(json.dumps(summary, indent=2))
@@ -94,7 +96,7 @@ def _add_data(sub) -> None:
     check = data.add_parser("check", help="report every bad record and token-length statistics")
     check.add_argument("file")
     check.add_argument("--image-folder")
-    check.add_argument("--model", required=True, help="a checkpoint folder (its tokenizer and image-token count)")
+    check.add_argument("--model", required=True, help="a checkpoint folder or a cached Hub id (its tokenizer and image-token count)")
     check.add_argument("--template", help="defaults to the checkpoint's template")
     check.add_argument("--max-length", type=int, default=2048)
     check.add_argument("--quiet", action="store_true")

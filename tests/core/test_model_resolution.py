@@ -3,8 +3,11 @@ cache, offline; anything else is refused with a message that names it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,18 @@ def test_a_cached_hub_id_resolves_to_its_snapshot(tiny_checkpoint, hub_cache):
     # The revision stamp reads the snapshot's files through their symlinks.
     assert len(checkpoint_revision(snapshot)) == 16
     assert checkpoint_revision(snapshot) != checkpoint_revision(tiny_checkpoint)  # other modification times
+
+
+def test_data_check_takes_a_cached_hub_id(tiny_checkpoint, colour_world, tmp_path):
+    """The command as a user runs it: a fresh process that finds the cache through HF_HOME."""
+    home = tmp_path / "hf_home"
+    _cache_tiny_checkpoint(home / "hub", tiny_checkpoint, "crystal/tiny-llava")
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-m", "crystalvlm.cli", "data", "check", str(colour_world["qa"]),
+                           "--image-folder", str(colour_world["images"]), "--model", "crystal/tiny-llava", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout[done.stdout.index("{"):])
+    assert summary["template"] == "vicuna_v1" and summary["bad"] == 0 and summary["good"] == 25
