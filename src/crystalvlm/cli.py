@@ -73,9 +73,13 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     from crystalvlm.data.check import check_data
     from crystalvlm.infer.prompts import checkpoint_encoder
 
-    prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None,
-                                   checkpoint_encoder(args.model, args.template, max_length=args.max_length,
-                                                      require_template=True), progress=not args.quiet)
+    try:
+        encoder = checkpoint_encoder(args.model, args.template, max_length=args.max_length, require_template=True)
+    except (FileNotFoundError, ValueError, KeyError) as error:  # no such model, no template named, unknown template
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+    prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None, encoder,
+                                   progress=not args.quiet)
     for problem in prepared.problems:
         print(f"BAD {problem}")
     print(json.dumps(summary, indent=2))

@@ -96,3 +96,16 @@ def test_data_check_takes_a_cached_hub_id(tiny_checkpoint, colour_world, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout[done.stdout.index("{"):])
     assert summary["template"] == "vicuna_v1" and summary["bad"] == 0 and summary["good"] == 25
+
+
+def test_commands_refuse_a_missing_model_with_the_message(hub_cache, colour_world, capsys):
+    """generate (like chat and serve) and data check print the reason and exit 2, no traceback."""
+    from crystalvlm.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["generate", "someone/not-downloaded", "--prompt", "hi"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.startswith("error: model 'someone/not-downloaded' is not a local folder")
+    code = main(["data", "check", str(colour_world["qa"]), "--model", "/nonexist/model", "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: /nonexist/model is not a checkpoint folder")
