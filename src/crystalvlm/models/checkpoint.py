@@ -65,6 +65,11 @@ class ModelNotFoundError(FileNotFoundError):
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def is_checkpoint(folder: str | Path) -> bool:
+    """Whether a folder holds a complete checkpoint (save_checkpoint renames it into place whole)."""
+    return (Path(folder) / "config.json").is_file()
+
+
 def is_hub_id(name: str) -> bool:
     return bool(_HUB_ID.match(name)) and ".." not in name and "--" not in name and not name.endswith(".")
 
@@ -80,7 +85,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     """
     path = Path(name_or_path)
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not is_checkpoint(path):
             raise ModelNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
         return path
     name = str(name_or_path)
@@ -96,7 +101,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
             f"model {name!r} is not a local folder and is not in the Hugging Face cache; download it first with "
             f"`hf download {name}` (network needed once), or pass the path of a checkpoint folder"
         ) from None
-    if not (folder / "config.json").is_file():
+    if not is_checkpoint(folder):
         raise ModelNotFoundError(f"model {name!r} is in the Hugging Face cache ({folder}) but has no config.json")
     return folder
 
