@@ -70,7 +70,8 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPVisionConfig
 
 from crystalvlm.data.batching import epoch_batches
-from crystalvlm.data.dataset import DataSource, encode_record, prepare_dataset
+from crystalvlm.data.dataset import DataSource, prepare_dataset
+from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, IMAGE_PLACEHOLDER, get_template
 from crystalvlm.models.build import extra_vision_tokens, image_token_count
 from crystalvlm.worlds.parts.tiny import (
@@ -253,13 +254,13 @@ def planned_steps(data: SyntheticData, shape: Shape, batch_size: int, seed: int,
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     tokens_per_image = image_token_count(CLIPVisionConfig(**_without_type(shape.vision)), "default")
-    prepared = prepare_dataset([DataSource(data.records_file, data.image_folder)], template, tokenizer,
-                               image_token_id, tokens_per_image, max_length)
+    encoder = SampleEncoder(tokenizer, template, image_token_id, tokens_per_image, max_length=max_length)
+    prepared = prepare_dataset([DataSource(data.records_file, data.image_folder)], encoder)
     if prepared.problems:
         raise RuntimeError(f"synthetic records were refused: {[str(p) for p in prepared.problems[:3]]}")
     lengths, labelled, images = [], [], []
     for item in prepared.items:
-        ids, labels = encode_record(item.record, template, tokenizer, image_token_id, tokens_per_image)
+        ids, labels = encoder.encode(item.record.turns)
         lengths.append(len(ids))
         labelled.append(sum(1 for label in labels[1:] if label != IGNORE_INDEX))
         images.append(len(item.record.images))

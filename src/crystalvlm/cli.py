@@ -87,13 +87,15 @@ def _add_train(sub) -> None:
 # ----------------------------------------------------------------------------- data
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from crystalvlm.data.check import check_data
+    from crystalvlm.infer.prompts import checkpoint_encoder
 
     if not Path(args.file).is_file():
         raise UsageError(f"{args.file}: no such data file")
     if args.image_folder and not Path(args.image_folder).is_dir():
         raise UsageError(f"--image-folder {args.image_folder}: no such folder")
-    prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None,
-                                   Path(args.model), args.template, args.max_length, progress=not args.quiet)
+    encoder = checkpoint_encoder(args.model, args.template, max_length=args.max_length, require_template=True)
+    prepared, summary = check_data(Path(args.file), Path(args.image_folder) if args.image_folder else None, encoder,
+                                   progress=not args.quiet)
     for problem in prepared.problems:
         print(f"BAD {problem}")
     print(json.dumps(summary, indent=2))
@@ -115,7 +117,7 @@ def _add_data(sub) -> None:
                             formatter_class=HelpFormatter)
     check.add_argument("file", help="a LLaVA-format JSON or JSON-lines data file")
     check.add_argument("--image-folder", help="the folder the records' image paths are relative to")
-    check.add_argument("--model", required=True, help="a checkpoint folder or Hub id (its tokenizer and image-token count)")
+    check.add_argument("--model", required=True, help="a checkpoint folder or a cached Hub id (its tokenizer and image-token count)")
     check.add_argument("--template", help="defaults to the checkpoint's template")
     check.add_argument("--max-length", type=int, default=2048, help="records longer than this many tokens are bad")
     check.add_argument("--quiet", action="store_true", help="no progress bar")

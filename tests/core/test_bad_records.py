@@ -91,12 +91,15 @@ def test_no_good_record_is_lost(bad_dataset, colour_world, tiny_tokenizer_dir):
     from transformers import AutoTokenizer
 
     from crystalvlm.data.dataset import prepare_dataset
+    from crystalvlm.data.sample_encoder import SampleEncoder
     from crystalvlm.data.templates import get_template
 
     path, good_ids, _ = bad_dataset
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    prepared = prepare_dataset([DataSource(path, colour_world["images"])], get_template("vicuna_v1"), tokenizer,
-                               tokenizer.convert_tokens_to_ids("<image>"), 16, max_length=200)
+    # Checking needs token ids only: an encoder without an image processor will do.
+    encoder = SampleEncoder(tokenizer, get_template("vicuna_v1"), tokenizer.convert_tokens_to_ids("<image>"), 16,
+                            max_length=200)
+    prepared = prepare_dataset([DataSource(path, colour_world["images"])], encoder)
     assert {item.record.record_id for item in prepared.items} == good_ids
 
 

@@ -10,6 +10,7 @@ import yaml
 from tiny_fixtures import tiny_recipe, write_colour_world
 from crystalvlm.data.collate import collate_conversations
 from crystalvlm.data.dataset import ConversationDataset, DataSource, prepare_dataset
+from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import get_template
 from crystalvlm.models.checkpoint import load_checkpoint
 from crystalvlm.train.recipe import load_recipe
@@ -30,12 +31,10 @@ def test_trained_model_uses_the_image(tiny_tokenizer_dir, tmp_path):
     final = train_recipe(load_recipe(str(path)), TrainOptions(run_dir=tmp_path / "run", progress=False))[-1].checkpoint
 
     model, processor, info = load_checkpoint(final)
-    template = get_template(info.template)
-    prepared = prepare_dataset([DataSource(world["qa"], world["images"])], template, processor.tokenizer,
-                               model.config.image_token_id, model.config.image_seq_length, 256, progress=False)
+    encoder = SampleEncoder.from_processor(processor, model.config, get_template(info.template), "pad", max_length=256)
+    prepared = prepare_dataset([DataSource(world["qa"], world["images"])], encoder, progress=False)
     prepared.items = [item for item in prepared.items if item.record.has_image][:32]
-    dataset = ConversationDataset(prepared, template, processor, model.config.image_token_id,
-                                  model.config.image_seq_length, "pad")
+    dataset = ConversationDataset(prepared, encoder)
     batch = collate_conversations([dataset[i] for i in range(len(dataset))], processor.tokenizer.pad_token_id)
     labels = batch.pop("labels")
     right = _answer_loss(model, batch, labels)

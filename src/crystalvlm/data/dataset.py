@@ -3,7 +3,8 @@
 `prepare_dataset` reads every file of a mixture, checks every record completely (structure,
 placeholders, every image opened and decoded, the encoded length against `max_length`) and returns
 the good records plus a report of the bad ones. Training never meets a bad record later, and no
-good record is dropped: a record is either used or listed with its reason.
+good record is dropped: a record is either used or listed with its reason. How a record is checked
+and encoded is the `SampleEncoder`'s (data/sample_encoder.py); this module walks the files.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from crystalvlm.data.image_tokens import expand_image_tokens
-from crystalvlm.data.images import DEFAULT_MAX_PIXELS, ImageError, open_image, preprocess
 from crystalvlm.data.records import ConversationRecord, RecordProblem, load_records
-from crystalvlm.data.templates import ConversationError, Template
+from crystalvlm.data.sample_encoder import SampleEncoder
 
 
 @dataclass(frozen=True)
@@ -54,80 +52,31 @@ class PreparedData:
         }
 
 
-def encode_record(record: ConversationRecord, template: Template, tokenizer, image_token_id: int,
-                  tokens_per_image: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with image tokens expanded."""
-    ids, labels = template.encode(record.turns, tokenizer)
-    expanded_ids, expanded_labels = expand_image_tokens(ids, labels, image_token_id, tokens_per_image)
-    return expanded_ids, expanded_labels  # type: ignore[return-value]
-
-
-def prepare_dataset(
-    sources: list[DataSource],
-    template: Template,
-    tokenizer,
-    image_token_id: int,
-    tokens_per_image: int,
-    max_length: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
-) -> PreparedData:
+def prepare_dataset(sources: list[DataSource], encoder: SampleEncoder, progress: bool = False) -> PreparedData:
+    """Every record of every source checked by `encoder.check_record`: good ones kept with their length,
+    bad ones listed with their reason."""
     from tqdm.auto import tqdm
 
-    template.check_tokenizer(tokenizer)
+    encoder.check_tokenizer()
     prepared = PreparedData()
     for source in sources:
         loaded = load_records(source.file)
         prepared.problems += loaded.problems
         for record in tqdm(loaded.records, desc=f"checking {source.file.name}", disable=not progress, leave=False):
-            problem = _check_record(record, source, template, tokenizer, image_token_id, tokens_per_image,
-                                    max_length, max_pixels)
-            if isinstance(problem, RecordProblem):
-                prepared.problems.append(problem)
+            checked = encoder.check_record(record, source.image_folder)
+            if isinstance(checked, RecordProblem):
+                prepared.problems.append(checked)
             else:
-                prepared.items.append(EncodedRecord(record, source.image_folder, problem))
+                prepared.items.append(EncodedRecord(record, source.image_folder, checked))
     return prepared
 
 
-def _check_record(record, source, template, tokenizer, image_token_id, tokens_per_image, max_length, max_pixels):
-    """The record's encoded length, or the RecordProblem that rules it out."""
-
-    def problem(reason: str) -> RecordProblem:
-        return RecordProblem(record.source, record.record_id, reason)
-
-    if len(record.images) > 1:
-        return problem(f"{len(record.images)} images in one record; this model takes one image per sample")
-    if record.has_image:
-        if source.image_folder is None:
-            return problem("record has an image but no image folder was given")
-        for relative in record.images:
-            try:
-                open_image(source.image_folder, relative, max_pixels)
-            except ImageError as error:
-                return problem(str(error))
-    try:
-        ids, labels = encode_record(record, template, tokenizer, image_token_id, tokens_per_image)
-    except ConversationError as error:
-        return problem(f"conversation cannot be encoded with template {template.name!r}: {error}")
-    if len(ids) > max_length:
-        return problem(f"{len(ids)} tokens is over max_length {max_length} (skipped rather than truncated)")
-    if not any(label >= 0 for label in labels):
-        return problem("no trained token after encoding")
-    return len(ids)
-
-
 class ConversationDataset(torch.utils.data.Dataset):
-    """Encodes a prepared record on access: input_ids, labels and pixel_values (or None)."""
+    """Encodes a prepared record on access: input_ids, labels and pixel_values (1, 3, S, S) or None."""
 
-    def __init__(self, prepared: PreparedData, template: Template, processor, image_token_id: int,
-                 tokens_per_image: int, image_mode: str, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, prepared: PreparedData, encoder: SampleEncoder):
         self.items = prepared.items
-        self.template = template
-        self.processor = processor
-        self.image_token_id = image_token_id
-        self.tokens_per_image = tokens_per_image
-        self.image_mode = image_mode
-        self.max_pixels = max_pixels
+        self.encoder = encoder
 
     def __len__(self) -> int:
         return len(self.items)
@@ -142,10 +91,4 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
-        ids, labels = encode_record(item.record, self.template, self.processor.tokenizer, self.image_token_id,
-                                    self.tokens_per_image)
-        pixel_values = None
-        if item.record.has_image:
-            images: list[Image.Image] = [open_image(item.image_folder, p, self.max_pixels) for p in item.record.images]
-            pixel_values = preprocess(images, self.processor.image_processor, self.image_mode)  # (1, 3, S, S)
-        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}
+        return self.encoder.sample(item.record, item.image_folder)

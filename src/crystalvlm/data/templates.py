@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-IMAGE_PLACEHOLDER = "<image>"
+from crystalvlm.markers import IMAGE_TOKEN
+
+IMAGE_PLACEHOLDER = IMAGE_TOKEN  # one `<image>` per image in a conversation's text (LLaVA's data format)
 IGNORE_INDEX = -100
 
 

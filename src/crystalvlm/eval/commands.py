@@ -13,7 +13,6 @@ unreadable or malformed file — prints `error: ...` naming it and exits with st
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import textwrap
@@ -91,7 +90,7 @@ def add_eval_subcommands(subparsers) -> None:
     parser.__class__ = EvalArgumentParser
     parser.score_parser = _score_parser(parser.prog, SCORING_CONVENTIONS)
 
-    parser.add_argument("model", metavar="MODEL", help="a checkpoint folder (any HF Llava checkpoint)")
+    parser.add_argument("model", metavar="MODEL", help="a checkpoint folder or a cached Hub id (any HF Llava checkpoint)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names, e.g. pope,mme")
     parser.add_argument("--benchmarks", required=True, metavar="DIR", help="the benchmarks folder (see below)")
     parser.add_argument("--image-folder", metavar="DIR", help="COCO val2014 images of POPE and CHAIR")
@@ -172,28 +171,6 @@ def _check_utf8(path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- eval MODEL
-# The files that decide a checkpoint's answers: weights, configs, tokenizer, processor, template.
-WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth"})
-CHECKPOINT_FILES = frozenset({"config.json", "generation_config.json", "crystalvlm.json", "tokenizer.json",
-                              "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-                              "preprocessor_config.json"})
-
-
-def checkpoint_revision(folder: Path) -> str:
-    """A short stamp of the checkpoint's files (names, sizes, modification times).
-
-    It joins the cache key, so a checkpoint retrained in place is evaluated again instead of
-    reusing answers of its earlier weights; hashing the contents of 7B weights would take minutes.
-    Other files (an evaluation written into the folder itself) do not count.
-    """
-    entries = []
-    for path in sorted(p for p in folder.iterdir()
-                       if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CHECKPOINT_FILES)):
-        stat = path.stat()
-        entries.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
-
-
 def _decoding(args: argparse.Namespace):
     """The decoding config and the generation budget override (None: each task's own budget).
 
@@ -235,8 +212,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from crystalvlm.eval.runner import CHUNK, Shard, evaluate
     from crystalvlm.eval.task_selection import build_tasks, expand_task_names, locate_benchmarks
     from crystalvlm.infer.engine import GenerationEngine, RequestError
+    from crystalvlm.models.checkpoint import checkpoint_revision, resolve_model
 
-    model = Path(args.model)
     if args.batch_size < 1:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
     chunk_size = CHUNK if args.save_every is None else args.save_every
@@ -250,8 +227,10 @@ def run_eval(args: argparse.Namespace) -> int:
                             textvqa_prompt=args.textvqa_prompt)
     except ValueError as error:  # TaskSelectionError, DecodingConfigError
         return _fail(str(error))
-    if not (model / "config.json").is_file():
-        return _fail(f"{model} is not a checkpoint folder (no config.json)")
+    try:
+        model = resolve_model(args.model)  # a checkpoint folder, or a Hub id found in the Hugging Face cache
+    except FileNotFoundError as error:
+        return _fail(str(error))
 
     out = Path(args.out) if args.out else Path("runs") / "eval" / model.resolve().name
     if args.quiet:

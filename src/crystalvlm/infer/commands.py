@@ -45,15 +45,20 @@ def add_infer_subcommands(subparsers) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a checkpoint folder")
+    parser.add_argument("model", help="a checkpoint folder or a cached Hub id (owner/name)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
 
 
 def _load_engine(args: argparse.Namespace, batch_size: int = 1):
     from crystalvlm.infer.engine import GenerationEngine
+    from crystalvlm.models.checkpoint import ModelNotFoundError
 
-    return GenerationEngine.from_checkpoint(Path(args.model), device=args.device, dtype=args.dtype, batch_size=batch_size)
+    try:
+        return GenerationEngine.from_checkpoint(Path(args.model), device=args.device, dtype=args.dtype, batch_size=batch_size)
+    except ModelNotFoundError as error:  # neither a checkpoint folder nor a cached Hub id: say so, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _read_image(path: str):

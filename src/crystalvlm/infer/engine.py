@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 import torch
 from PIL import Image
 
+from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import Turn, get_template
 from crystalvlm.infer.decoding.beam import BeamSearchState, beam_search
 from crystalvlm.infer.decoding.config import DecodingConfig
@@ -83,7 +84,7 @@ class GenerationEngine:
         self.share_prefixes = share_prefixes  # compute prompt prefixes shared in a batch once (module docstring)
         config = model.config
         self.image_token_id = int(getattr(config, "image_token_id", None) or config.image_token_index)
-        self.prompts = PromptBuilder(processor, self.template, image_mode, self.image_token_id, config.image_seq_length)
+        self.prompts = PromptBuilder(SampleEncoder.from_processor(processor, config, self.template, image_mode))
         self.stop_rule = StopRule(frozenset(_eos_ids(model, self.tokenizer)), self.template.stop_strings if self.template else ())
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else next(iter(self.stop_rule.eos_ids), 0))

@@ -1,10 +1,12 @@
 """From a conversation and its images to the model's input ids and pixel values.
 
-A checkpoint written by crystalvlm names its template: the prompt is `template.encode(...)`, the very
-ids training used. A foreign HF checkpoint has only its processor's chat template: the prompt string
-is rendered by it and tokenised as the processor would (adding BOS unless the template wrote one).
-Either way the conversation carries one `<image>` per image (LLaVA's "<image>\\n" + question), which
-is expanded here to the model's image-token run.
+The checkpoint's `SampleEncoder` (data/sample_encoder.py) builds the prompt, the same object that
+encodes its training data. A checkpoint written by crystalvlm names its template: the prompt is
+`template.encode(...)`, the very ids training used. A foreign HF checkpoint has only its
+processor's chat template: the prompt string is rendered by it and tokenised as the processor
+would. Either way the conversation carries one `<image>` per image (LLaVA's "<image>\\n" +
+question), expanded to the model's image-token run. This module turns the encoder's refusals into
+`RequestError`s and pads prompts into batches.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from crystalvlm.data.image_tokens import expand_image_tokens
-from crystalvlm.data.images import preprocess
-from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Template, Turn
+from crystalvlm.data.images import DEFAULT_MAX_PIXELS
+from crystalvlm.data.sample_encoder import SampleEncoder
+from crystalvlm.data.templates import ConversationError, Turn, get_template
 from crystalvlm.infer.runner import PromptBatch
 
 
@@ -49,53 +52,35 @@ class PreparedPrompt:
 
 
 class PromptBuilder:
-    def __init__(self, processor, template: Template | None, image_mode: str, image_token_id: int, tokens_per_image: int) -> None:
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.template = template
-        self.image_mode = image_mode
-        self.image_token_id = image_token_id
-        self.tokens_per_image = tokens_per_image
+    """Generation prompts from a checkpoint's encoder; a prompt it cannot build is a RequestError."""
+
+    def __init__(self, encoder: SampleEncoder) -> None:
+        self.encoder = encoder
 
     def build(self, turns: list[Turn], images: list[Image.Image]) -> PreparedPrompt:
-        if not turns:
-            raise RequestError("the conversation is empty")
-        ids = self._prompt_ids(turns)
-        placeholders = sum(1 for token in ids if token == self.image_token_id)
-        if placeholders != len(images):
-            raise RequestError(
-                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s) "
-                f"were given; put '{IMAGE_PLACEHOLDER}\\n' before the question once per image"
-            )
-        expanded, _ = expand_image_tokens(ids, None, self.image_token_id, self.tokens_per_image)
-        pixel_values = preprocess(images, self.processor.image_processor, self.image_mode) if images else None
-        return PreparedPrompt(expanded, pixel_values)
-
-    def _prompt_ids(self, turns: list[Turn]) -> list[int]:
-        if self.template is not None:
-            try:
-                ids, _ = self.template.encode(turns, self.tokenizer, add_generation_prompt=True)
-            except ValueError as error:  # ConversationError
-                raise RequestError(str(error)) from None
-            return ids
-        messages = [{"role": turn.role, "content": _content_items(turn.text)} for turn in turns]
         try:
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as error:  # jinja raises its own errors for conversations it refuses
-            raise RequestError(f"the checkpoint's chat template refused the conversation: {error}") from None
-        bos = self.tokenizer.bos_token
-        add_bos = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=add_bos)["input_ids"])
+            input_ids, pixel_values = self.encoder.prompt(turns, images)
+        except ConversationError as error:
+            raise RequestError(str(error)) from None
+        return PreparedPrompt(input_ids, pixel_values)
 
 
-def _content_items(text: str) -> list[dict]:
-    """HF message content: one image item per placeholder, then the remaining text."""
-    images = text.count(IMAGE_PLACEHOLDER)
-    remaining = text.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
-    items = [{"type": "image"} for _ in range(images)]
-    if remaining:
-        items.append({"type": "text", "text": remaining})
-    return items
+def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_length: int | None = None,
+                       max_pixels: int = DEFAULT_MAX_PIXELS, require_template: bool = False) -> SampleEncoder:
+    """The SampleEncoder of a checkpoint (a folder or a cached Hub id), without loading its weights.
+
+    `template` overrides the one the checkpoint was trained with. With `require_template` (checking
+    training data, whose labels need a template) a checkpoint that names none is refused; without it
+    the encoder falls back to the processor's chat template. It lives here, above `data` and `models`,
+    because it joins the two (`crystalvlm data check` uses it through the CLI)."""
+    from crystalvlm.models.checkpoint import load_processor, template_name
+
+    processor, config, info = load_processor(model)
+    name = template_name(info, template)
+    if name is None and require_template:
+        raise ValueError(f"{model} does not say which template it uses; pass --template")
+    return SampleEncoder.from_processor(processor, config, get_template(name) if name else None, info.image_mode,
+                                        max_length=max_length, max_pixels=max_pixels)
 
 
 def collate(prompts: list[PreparedPrompt], pad_token_id: int) -> PromptBatch:

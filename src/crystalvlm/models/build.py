@@ -32,10 +32,11 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from crystalvlm.markers import IMAGE_TOKEN
+
 PROJECTOR_ACTIVATION = {"mlp2x_gelu": "gelu", "linear": "linear"}
 VISION_CONFIG_CLASSES = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}
 FEATURE_SELECT = ("default", "full")  # default drops the CLS token, as LLaVA does
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass

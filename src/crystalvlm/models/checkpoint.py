@@ -1,21 +1,28 @@
 """HF-native checkpoints: `save_pretrained` of the model and the processor, plus a sidecar.
 
-The sidecar `crystalvlm.json` records what transformers has no field for (the template name the
-model was trained with, the image preprocessing mode, the stage that wrote it). A checkpoint
-without the sidecar — any HF Llava checkpoint — still loads; callers then fall back to the
-processor's chat template. Nothing is ever guessed from the folder name.
+This module alone knows the checkpoint format; everything else asks it:
+
+* where a model is (`resolve_model`): a local folder, or a Hub id found in the Hugging Face cache;
+* what transformers has no field for (`read_sidecar`): the sidecar `crystalvlm.json` records the
+  template the model was trained with, the image preprocessing mode, the stage that wrote it;
+* which template to encode with (`template_name`): an explicit choice, else the sidecar's, else
+  None — a checkpoint without the sidecar (any HF Llava checkpoint) still loads, and callers then
+  fall back to the processor's chat template. Nothing is ever guessed from the folder name;
+* which files decide its answers (`checkpoint_revision`), so caches notice a retrained model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 SIDECAR = "crystalvlm.json"
 
@@ -42,6 +49,64 @@ def read_sidecar(directory: str | Path) -> CheckpointInfo:
     return CheckpointInfo(**{key: value for key, value in raw.items() if key in known})
 
 
+def template_name(info: CheckpointInfo, override: str | None = None) -> str | None:
+    """The template to encode with: `override` (a user's --template) if given, else the one the
+    checkpoint was trained with. None when neither names one: prompts then come from the
+    processor's chat template, and training data (which needs labels) is refused by the caller."""
+    return override if override is not None else info.template
+
+
+# ----------------------------------------------------------------------------- where a model is
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither a checkpoint folder nor a cached Hub model; the message says which."""
+
+
+# A Hub model id: `owner/name`, each part letters, digits, '-', '_', '.' (no path tricks like '..').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """Whether a folder holds a complete checkpoint (save_checkpoint renames it into place whole)."""
+    return (Path(folder) / "config.json").is_file()
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(_HUB_ID.match(name)) and ".." not in name and "--" not in name and not name.endswith(".")
+
+
+def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The checkpoint folder of a model given as a local folder or a Hub id (`owner/name`).
+
+    A folder that exists is used as it is (it must hold config.json). Otherwise a Hub-shaped name is
+    looked up in the Hugging Face cache (`cache_dir`, default HF_HUB_CACHE / HF_HOME) without
+    touching the network: commands stay offline by default, and a model is downloaded once,
+    explicitly, with `hf download`. The cached snapshot is a plain folder, so everything that reads
+    a checkpoint (sidecar, revision stamp, processor) works on it unchanged.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        if not is_checkpoint(path):
+            raise ModelNotFoundError(f"{path} is not a checkpoint folder (no config.json)")
+        return path
+    name = str(name_or_path)
+    if not is_hub_id(name):
+        raise ModelNotFoundError(f"{name} is not a checkpoint folder (it does not exist) and not a Hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(name, cache_dir=cache_dir, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"model {name!r} is not a local folder and is not in the Hugging Face cache; download it first with "
+            f"`hf download {name}` (network needed once), or pass the path of a checkpoint folder"
+        ) from None
+    if not is_checkpoint(folder):
+        raise ModelNotFoundError(f"model {name!r} is in the Hugging Face cache ({folder}) but has no config.json")
+    return folder
+
+
+# ----------------------------------------------------------------------------- writing
 def save_checkpoint(model, processor, directory: str | Path, info: CheckpointInfo, state_dict: dict | None = None) -> Path:
     """Write the checkpoint into a temporary folder, then rename it into place (atomic)."""
     directory = Path(directory)
@@ -66,12 +131,40 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def load_checkpoint(directory: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """(model, processor, info) from any HF Llava checkpoint folder."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} is not a checkpoint folder (no config.json)")
+# ----------------------------------------------------------------------------- reading
+def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """(model, processor, info) from any HF Llava checkpoint: a folder or a cached Hub id."""
+    directory = resolve_model(name_or_path)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype or torch.float32)
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(directory)
     return model, processor, read_sidecar(directory)
+
+
+def load_processor(name_or_path: str | Path):
+    """(processor, config, info) without the weights: enough to encode data for the model (its
+    tokenizer, image processor, image-token id and count) in a fraction of a 7B model's load time."""
+    directory = resolve_model(name_or_path)
+    return AutoProcessor.from_pretrained(directory), AutoConfig.from_pretrained(directory), read_sidecar(directory)
+
+
+# The files that decide a checkpoint's answers: weights, configs, tokenizer, processor, template.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth"})
+CHECKPOINT_FILES = frozenset({"config.json", "generation_config.json", SIDECAR, "tokenizer.json",
+                              "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
+                              "preprocessor_config.json"})
+
+
+def checkpoint_revision(folder: Path) -> str:
+    """A short stamp of the checkpoint's files (names, sizes, modification times).
+
+    It joins the cache key, so a checkpoint retrained in place is evaluated again instead of
+    reusing answers of its earlier weights; hashing the contents of 7B weights would take minutes.
+    Other files (an evaluation written into the folder itself) do not count.
+    """
+    entries = []
+    for path in sorted(p for p in folder.iterdir()
+                       if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in CHECKPOINT_FILES)):
+        stat = path.stat()
+        entries.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]

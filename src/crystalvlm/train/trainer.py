@@ -28,6 +28,7 @@ from crystalvlm.data.batching import epoch_batches
 from crystalvlm.data.collate import collate_conversations
 from crystalvlm.data.dataset import ConversationDataset, DataSource, prepare_dataset
 from crystalvlm.data.records import RecordProblem
+from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
 from crystalvlm.models.build import ModelSpec, build_llava, format_summary
 from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
@@ -136,19 +137,17 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
         processor.chat_template = template.chat_template_jinja()
     model.train()
     model.config.use_cache = False
-    image_token_id = model.config.image_token_id
-    tokens_per_image = model.config.image_seq_length
 
     # --- data: every record checked before any step --------------------------------------
-    prepared = prepare_dataset(_sources(recipe, stage, options), template, processor.tokenizer, image_token_id,
-                               tokens_per_image, stage.max_length, progress=options.progress and accelerator.is_main_process)
+    encoder = SampleEncoder.from_processor(processor, model.config, template, recipe.image_mode, max_length=stage.max_length)
+    prepared = prepare_dataset(_sources(recipe, stage, options), encoder, progress=options.progress and accelerator.is_main_process)
     _report_problems(prepared.problems, folder, accelerator)
     if prepared.problems and options.strict:
         reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
         raise BadDataError(f"--strict: {len(prepared.problems)} bad record(s), nothing trained: {dict(reasons)}")
     if not prepared.items:
         raise BadDataError(f"stage {stage.name!r}: no usable record")
-    dataset = ConversationDataset(prepared, template, processor, image_token_id, tokens_per_image, recipe.image_mode)
+    dataset = ConversationDataset(prepared, encoder)
 
     # --- freeze policy and optimizer --------------------------------------------------------
     groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)

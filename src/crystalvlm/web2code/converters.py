@@ -31,6 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.web2code.render import RenderPool
 
 HTML_PROMPTS = (
@@ -68,7 +69,7 @@ class ConversionReport:
 
 def html_record(record_id: str, image: str, html: str, prompt: str) -> dict:
     return {"id": record_id, "image": image,
-            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": html}]}
+            "conversations": [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}"}, {"from": "gpt", "value": html}]}
 
 
 def _read_items(path: Path) -> list[tuple[str, object]]:
@@ -409,7 +410,7 @@ def convert_websrc(root: str | Path, out_dir: str | Path, *, turns_per_record: i
         for start in range(0, len(qa), turns_per_record):
             conversations = []
             for offset, (question, answer) in enumerate(qa[start:start + turns_per_record]):
-                prefix = "<image>\n" if offset == 0 else ""
+                prefix = IMAGE_PLACEHOLDER + "\n" if offset == 0 else ""
                 conversations.append({"from": "human", "value": f"{prefix}{question}\n{SHORT_ANSWER}"})
                 conversations.append({"from": "gpt", "value": answer})
             records.append({"id": f"websrc_{key}_{start // turns_per_record}", "image": image,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.web2code.layout import ElementBox, PageLayout, TextBlock
 from crystalvlm.web2code.metrics.colour import ciede2000, srgb_to_lab
 
@@ -197,7 +198,7 @@ def qa_record(record_id: str, image: str, pairs: list[QAPair]) -> dict:
         raise ValueError(f"record {record_id!r}: no questions to write")
     conversations = []
     for index, pair in enumerate(pairs):
-        prefix = "<image>\n" if index == 0 else ""
+        prefix = IMAGE_PLACEHOLDER + "\n" if index == 0 else ""
         conversations.append({"from": "human", "value": prefix + pair.question})
         conversations.append({"from": "gpt", "value": pair.answer})
     return {"id": record_id, "image": image, "conversations": conversations}

@@ -58,7 +58,7 @@ def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: 
     from accelerate.utils import set_seed
 
     from crystalvlm.data.templates import get_template
-    from crystalvlm.eval.commands import checkpoint_revision
+    from crystalvlm.models.checkpoint import checkpoint_revision
     from crystalvlm.eval.runner import evaluate
     from crystalvlm.infer.engine import DecodingConfig, GenerationEngine
     from crystalvlm.models.build import ModelSpec, build_llava

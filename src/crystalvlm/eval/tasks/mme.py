@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.eval.tasks.base import SHORT_ANSWER_INSTRUCTION, EvalSample, Task, check_scoring, safe_ratio
 from crystalvlm.eval.tasks.files import BenchmarkFormatError, require_keys
 from crystalvlm.eval.tasks.hf_parquet import read_rows, save_image
@@ -155,7 +156,7 @@ class MMETask(Task):
         stem = file_name.split("/")[-1].split(".")[0]
         if prompt is None:
             raise KeyError(f"MME answer {question_id!r} has no prompt to tell its two questions apart")
-        wanted = core_question(prompt.replace("<image>", ""))
+        wanted = core_question(prompt.replace(IMAGE_PLACEHOLDER, ""))
         for sample in index.values():
             key_subtask, _, key_file = sample.meta["image_key"].partition("/")
             same_image = key_subtask == subtask and key_file.split(".")[0] == stem

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.eval.tasks.base import SHORT_ANSWER_INSTRUCTION, EvalSample, Task, check_scoring, safe_ratio
 from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json, require_keys
 from crystalvlm.eval.tasks.hf_parquet import read_rows, save_image
@@ -34,7 +35,7 @@ def textvqa_prompt(question: str, ocr_tokens: list[str] | None, capitalize_quest
 
 def question_from_prompt(prompt: str) -> str:
     """The question inside an answer file's prompt, lower-cased (eval_textvqa.py's prompt_processor)."""
-    lines = prompt.replace("<image>\n", "").split("\n")
+    lines = prompt.replace(IMAGE_PLACEHOLDER + "\n", "").split("\n")
     if prompt.startswith("OCR tokens: "):
         match = _LEGACY_OCR_PROMPT.search(prompt)
         if match is None:
