@@ -62,7 +62,10 @@ CASES = [
 
 @pytest.mark.parametrize("name,argv,words", CASES, ids=[case[0] for case in CASES])
 def test_a_bad_invocation_gets_one_clear_line_and_starts_nothing(name, argv, words, tmp_path, tiny_checkpoint, capsys):
-    code = cli_main(argv(tmp_path, tiny_checkpoint))
+    try:
+        code = cli_main(argv(tmp_path, tiny_checkpoint))
+    except SystemExit as exit_info:  # argparse and some commands end with SystemExit(code)
+        code = exit_info.code
     captured = capsys.readouterr()
     assert code != 0, f"{name}: exit code 0"
     assert "Traceback" not in captured.err + captured.out
