@@ -87,7 +87,7 @@ def test_a_page_without_outside_references_blocks_nothing(pool, canary):
 def test_a_slot_is_renewed_once_per_renew_after_renders_not_on_every_render_after(monkeypatch):
     # A slot's context is rebuilt after RENEW_AFTER renders to free memory; the count must restart
     # with the new context, or every later render pays for a rebuild (3x slower on long runs).
-    from crystalvlm.web2code import render as render_module
+    from crystalvlm.web2code import render_pool as render_module
 
     monkeypatch.setattr(render_module, "RENEW_AFTER", 3)
     with render_module.RenderPool(RenderSettings(viewport=(64, 64), workers=1)) as single:
