@@ -87,7 +87,7 @@ def test_a_page_without_outside_references_blocks_nothing(pool, canary):
 def test_a_slot_is_renewed_once_per_renew_after_renders_not_on_every_render_after(monkeypatch):
     # A slot's context is rebuilt after RENEW_AFTER renders to free memory; the count must restart
     # with the new context, or every later render pays for a rebuild (3x slower on long runs).
-    from crystalvlm.web2code import render as render_module
+    from crystalvlm.web2code import render_pool as render_module
 
     monkeypatch.setattr(render_module, "RENEW_AFTER", 3)
     with render_module.RenderPool(RenderSettings(viewport=(64, 64), workers=1)) as single:
@@ -169,3 +169,17 @@ def test_word_boxes_name_each_word_where_the_browser_drew_it(pool, js_pool):
     (plain,) = js_pool.render([page])  # a pool that was not asked for word boxes reads none
     assert [block.text for block in plain.layout.text_blocks] == ["red words here", "Go on"]
     assert all(block.words == () for block in plain.layout.text_blocks)
+
+
+def test_the_render_facade_keeps_every_public_name_of_the_modules_it_joins():
+    # Code across the project imports these from crystalvlm.web2code.render; the split into
+    # browser/isolation/render_settings/render_pool/tiling/render_files must not break it.
+    from crystalvlm.web2code import browser, render, render_files, render_pool, render_settings, tiling
+
+    for name in ("RenderPool", "RenderSettings", "RenderResult", "render_html", "render_files", "collect_html_inputs",
+                 "layout_to_json", "RenderedFile", "BrowserUnavailable", "browser_available", "find_chromium",
+                 "STANDARDS_MODE", "TILES_PER_SHEET", "TrafficCounts", "sandbox_decision"):
+        assert name in render.__all__ and hasattr(render, name), name
+    assert render.RenderPool is render_pool.RenderPool and render.RenderSettings is render_settings.RenderSettings
+    assert render.render_files is render_files.render_files and render.STANDARDS_MODE is tiling.STANDARDS_MODE
+    assert render.find_chromium is browser.find_chromium

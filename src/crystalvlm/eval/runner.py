@@ -70,6 +70,9 @@ def _ends_mid_line(path: Path) -> bool:
 def _request(sample: EvalSample) -> GenerationRequest:
     if sample.image is None:
         return GenerationRequest([Turn("user", sample.prompt)], [])
+    # The task confined the path to its benchmark's image folder when it read the record
+    # (eval/tasks/files.image_inside, which names the record); open_image also refuses the file if
+    # it has since become a symlink out of its folder.
     image = open_image(sample.image.parent, sample.image.name)
     return GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{sample.prompt}")], [image])
 

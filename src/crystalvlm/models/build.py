@@ -46,10 +46,21 @@ class PartSpec:
     config: dict[str, Any] | None = None
     pretrained: str | None = None
     trust_remote_code: bool = False
+    # A Hub commit (or tag/branch) for every file of this part. With trust_remote_code the part's
+    # Python code runs here, so a pinned commit keeps a later push to the repository from
+    # changing what runs.
+    revision: str | None = None
 
     def __post_init__(self) -> None:
         if (self.config is None) == (self.pretrained is None):
             raise ValueError("a model part needs exactly one of 'config' or 'pretrained'")
+        if self.revision is not None and self.pretrained is None:
+            raise ValueError("'revision' pins a pretrained part; this part is built from a config")
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """The keyword arguments every from_pretrained of this part gets."""
+        return {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
 
 
 @dataclass
@@ -87,7 +98,7 @@ def _vision_config(part: PartSpec) -> PretrainedConfig:
         if model_type not in VISION_CONFIG_CLASSES:
             raise ValueError(f"unknown vision model_type {model_type!r}; known: {sorted(VISION_CONFIG_CLASSES)}")
         return VISION_CONFIG_CLASSES[model_type](**fields)
-    config = AutoConfig.from_pretrained(part.pretrained, trust_remote_code=part.trust_remote_code)
+    config = AutoConfig.from_pretrained(part.pretrained, **part.load_options)
     # A full CLIP/SigLIP checkpoint holds text and vision; keep the vision half.
     return getattr(config, "vision_config", config)
 
@@ -97,14 +108,14 @@ def _llm_config(part: PartSpec) -> PretrainedConfig:
         fields = dict(part.config)
         model_type = fields.pop("model_type", "llama")
         return AutoConfig.for_model(model_type, **fields)
-    return AutoConfig.from_pretrained(part.pretrained, trust_remote_code=part.trust_remote_code)
+    return AutoConfig.from_pretrained(part.pretrained, **part.load_options)
 
 
 def _load_vision_weights(model: LlavaForConditionalGeneration, part: PartSpec) -> None:
     """Copy a pretrained vision tower (from a CLIP/SigLIP checkpoint, full or vision-only)."""
     from transformers import AutoModel
 
-    loaded = AutoModel.from_pretrained(part.pretrained, trust_remote_code=part.trust_remote_code)
+    loaded = AutoModel.from_pretrained(part.pretrained, **part.load_options)
     source = getattr(loaded, "vision_model", None)
     target = model.model.vision_tower
     if source is not None:
@@ -118,7 +129,7 @@ def _load_vision_weights(model: LlavaForConditionalGeneration, part: PartSpec) -
 
 
 def _load_llm_weights(model: LlavaForConditionalGeneration, part: PartSpec) -> None:
-    loaded = AutoModelForCausalLM.from_pretrained(part.pretrained, trust_remote_code=part.trust_remote_code)
+    loaded = AutoModelForCausalLM.from_pretrained(part.pretrained, **part.load_options)
     missing, _ = model.model.language_model.load_state_dict(loaded.model.state_dict(), strict=False)
     if missing:
         raise ValueError(f"LLM checkpoint {part.pretrained} lacks weights: {missing[:5]}...")
@@ -159,7 +170,10 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[Llav
     tokenizer_path = spec.tokenizer or spec.llm.pretrained
     if tokenizer_path is None:
         raise ValueError("a model built from an LLM config needs an explicit 'tokenizer' path")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=spec.llm.trust_remote_code)
+    # The LLM's revision applies to its own tokenizer, not to a separately named one.
+    revision = spec.llm.revision if tokenizer_path == spec.llm.pretrained else None
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=spec.llm.trust_remote_code,
+                                              revision=revision)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:

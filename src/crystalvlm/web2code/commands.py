@@ -9,14 +9,15 @@ Every command writes LLaVA conversation records (JSON lists) and prints a JSON s
 shows a progress bar on stderr (`--quiet` turns it off). Exit status: 0 done, 1 done but some
 inputs failed (listed in the summary / report), 2 refused (bad arguments, missing browser, a bad
 input under `--strict`). The API key of an LLM endpoint is read from the environment variable
-named by `--llm-key-env`, never from the command line, where other users could read it.
+named by `--llm-key-env`, never from the command line, where other users could read it, and never
+from $OPENAI_API_KEY unless that is the variable named: a key meant for one service is not sent to
+another. A key is refused over plain http except to a loopback address (see `openai_http`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -99,9 +100,9 @@ def _synth_llm(args: argparse.Namespace) -> int:
 
     if not args.llm_model:
         return _error("--llm-endpoint needs --llm-model (the model name the endpoint serves)")
-    # "" (not None) when the variable is unset: send no key rather than fall back to another one.
-    endpoint = ChatEndpoint(args.llm_endpoint, args.llm_model, api_key=os.environ.get(args.llm_key_env, ""),
-                            timeout_s=args.llm_timeout)
+    # Only the variable the user named is read (unset: no key); the endpoint refuses to send a key
+    # over plain http to a host that is not loopback.
+    endpoint = ChatEndpoint(args.llm_endpoint, args.llm_model, api_key_env=args.llm_key_env, timeout_s=args.llm_timeout)
     try:
         pages, problems = generate_llm_pages(endpoint, args.n, seed=args.seed, qa_per_page=args.llm_qa_per_page,
                                              progress=not args.quiet)
@@ -188,8 +189,9 @@ def add_web2code_subcommands(subparsers) -> None:
     llm = synth.add_argument_group("LLM-written pages (Web2Code's DWCG recipe through an OpenAI-compatible endpoint)")
     llm.add_argument("--llm-endpoint", metavar="URL", help="base URL, e.g. http://127.0.0.1:8000/v1")
     llm.add_argument("--llm-model", metavar="M", help="model name to ask")
-    llm.add_argument("--llm-key-env", metavar="VAR", default="OPENAI_API_KEY",
-                     help="environment variable holding the API key (default OPENAI_API_KEY; unset: no key)")
+    llm.add_argument("--llm-key-env", metavar="VAR", default=None,
+                     help="environment variable holding this endpoint's API key, e.g. OPENAI_API_KEY for "
+                          "https://api.openai.com/v1 (default: send no key)")
     llm.add_argument("--llm-qa-per-page", type=int, default=4, help="questions the LLM writes per page")
     llm.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per request")
     synth.add_argument("--quiet", action="store_true")

@@ -8,8 +8,8 @@ Three steps, each one prompt:
    for a request; the HTML is cut out of the reply (fenced block or `<html>...</html>`);
 3. `write_page_qa` — question-answer pairs about a page's code (JSON list).
 
-`write_llm_world` renders the pages and writes LLaVA records (code generation and QA). Nothing
-here needs a package beyond the standard library: requests go through `openai_http`.
+`write_llm_world` renders the pages and writes LLaVA records (code generation and QA). Requests
+go through `openai_http` (the `openai` client, with the API key kept to the endpoint it is for).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from crystalvlm.eval.tasks.base import EvalSample, Task, check_scoring, safe_ratio
-from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json, require_keys
+from crystalvlm.eval.tasks.files import BenchmarkFormatError, image_inside, read_json, require_keys
 
 DESCRIBE_PROMPT = "Please describe this image in detail."  # OPERA's CHAIR prompt
 
@@ -187,8 +187,8 @@ class ChairTask(Task):
     def load_samples(self) -> list[EvalSample]:
         files, objects = self._images_and_objects()
         return [
-            EvalSample(image_id, (self.image_folder / files[image_id]).resolve(), DESCRIBE_PROMPT,
-                       sorted(objects[image_id]), {"image_id": image_id})
+            EvalSample(image_id, image_inside(self.image_folder, files[image_id], f"{self.annotations_json}: image {image_id}"),
+                       DESCRIBE_PROMPT, sorted(objects[image_id]), {"image_id": image_id})
             for image_id in files
         ]
 

@@ -47,6 +47,24 @@ def read_json_lines(path: Path, what: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def image_inside(image_folder: Path, relative: str, where: str) -> Path:
+    """The absolute path of a benchmark record's image inside the benchmark's image folder.
+
+    Image names come from the benchmark's files, which may be hostile: a name such as
+    "../../home/user/.ssh/id_rsa" or a symlink out of the folder would make the runner read (and a
+    model describe) any file. `resolve_inside` resolves symlinks and refuses names that escape; the
+    error says which record named the path.
+    """
+    from crystalvlm.data.images import ImageError, resolve_inside
+
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise BenchmarkFormatError(f"{where}: image name must be a non-empty string, got {relative!r}")
+    try:
+        return resolve_inside(image_folder, relative)
+    except ImageError as error:
+        raise BenchmarkFormatError(f"{where}: {error}") from None
+
+
 def require_keys(item: dict, keys: tuple[str, ...], where: str) -> None:
     missing = [key for key in keys if key not in item]
     if missing:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from crystalvlm.eval.tasks.base import SHORT_ANSWER_INSTRUCTION, EvalSample, Task, check_scoring, safe_ratio
-from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json_lines, require_keys
+from crystalvlm.eval.tasks.files import BenchmarkFormatError, image_inside, read_json_lines, require_keys
 from crystalvlm.eval.tasks.hf_parquet import read_rows, save_image
 
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -90,7 +90,7 @@ class PopeTask(Task):
                 raise BenchmarkFormatError(f"{where}: label must be 'yes' or 'no', got {row['label']!r}")
             samples.append(EvalSample(
                 sample_id=str(row["question_id"]),
-                image=(self.image_folder / row["image"]).resolve(),
+                image=image_inside(self.image_folder, row["image"], where),
                 prompt=pope_prompt(row["text"]),
                 target=row["label"],
                 meta={"split": self.split_name, "question": row["text"]},

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from crystalvlm.eval.tasks.base import EvalSample, Task, check_scoring, safe_ratio
-from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json, require_keys
+from crystalvlm.eval.tasks.files import BenchmarkFormatError, image_inside, read_json, require_keys
 from crystalvlm.eval.tasks.hf_parquet import read_rows, save_image
 
 LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -100,7 +100,8 @@ class ScienceQATask(Task):
             image_name = problem.get("image")
             if self.images_only and not image_name:
                 continue
-            image = (self.root / "images" / self.split / pid / image_name).resolve() if image_name else None
+            image = (image_inside(self.root / "images" / self.split, f"{pid}/{image_name}", where)
+                     if image_name else None)
             samples.append(self._sample(pid, problem, image, where))
         return samples
 

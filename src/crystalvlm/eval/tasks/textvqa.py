@@ -18,7 +18,7 @@ from pathlib import Path
 
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.eval.tasks.base import SHORT_ANSWER_INSTRUCTION, EvalSample, Task, check_scoring, safe_ratio
-from crystalvlm.eval.tasks.files import BenchmarkFormatError, read_json, require_keys
+from crystalvlm.eval.tasks.files import BenchmarkFormatError, image_inside, read_json, require_keys
 from crystalvlm.eval.tasks.hf_parquet import read_rows, save_image
 from crystalvlm.eval.textvqa_normalize import vqa_accuracy
 
@@ -92,7 +92,7 @@ class TextVQATask(Task):
                 if image_id not in ocr:
                     raise BenchmarkFormatError(f"{self.ocr_json}: no OCR tokens for image {image_id} ({where})")
                 tokens = ocr[image_id]
-            samples.append(self._sample(entry, (self.image_folder / f"{image_id}.jpg").resolve(), tokens, where))
+            samples.append(self._sample(entry, image_inside(self.image_folder, f"{image_id}.jpg", where), tokens, where))
         return samples
 
     def _sample(self, entry: dict, image: Path, ocr_tokens: list[str] | None, where: str) -> EvalSample:
