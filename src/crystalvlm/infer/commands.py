@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from crystalvlm.infer.launch import add_device_arguments, checkpoint_name, resolve_device_and_dtype
+
 CHAT_HELP = "commands: /image PATH (start a new chat about that image), /reset, /quit; anything else is a question"
 
 
@@ -38,7 +40,8 @@ def add_infer_subcommands(subparsers) -> None:
     serve.add_argument("--api-key", default=os.environ.get("CRYSTALVLM_API_KEY"),
                        help="require 'Authorization: Bearer KEY' (default: $CRYSTALVLM_API_KEY)")
     serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URLs only)")
-    serve.add_argument("--model-name", help="the model id clients send (default: the checkpoint folder's name)")
+    serve.add_argument("--model-name", help="the model id clients send (default: <run>-<stage> for a checkpoint "
+                                            "that crystalvlm train wrote, else the checkpoint folder's name)")
     serve.add_argument("--batch-size", type=int, default=8)
     serve.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     serve.set_defaults(func=run_serve)
@@ -46,14 +49,14 @@ def add_infer_subcommands(subparsers) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a checkpoint folder")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    add_device_arguments(parser)
 
 
 def _load_engine(args: argparse.Namespace, batch_size: int = 1):
     from crystalvlm.infer.engine import GenerationEngine
 
-    return GenerationEngine.from_checkpoint(Path(args.model), device=args.device, dtype=args.dtype, batch_size=batch_size)
+    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    return GenerationEngine.from_checkpoint(Path(args.model), device=device, dtype=dtype, batch_size=batch_size)
 
 
 def _read_image(path: str):
@@ -161,7 +164,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from crystalvlm.infer.server import build_app
 
     engine = _load_engine(args, batch_size=args.batch_size)
-    model_name = args.model_name or Path(args.model).resolve().name
+    model_name = args.model_name or checkpoint_name(args.model)
     limits = ServerLimits(allow_remote_images=args.allow_remote_images, max_tokens=args.max_tokens,
                           default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens))
     app = build_app(engine, model_name, api_key=args.api_key, limits=limits)
