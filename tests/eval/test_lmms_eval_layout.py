@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crystalvlm.cli import main
-from crystalvlm.eval.outputs import sanitized_model_name, write_atomically
+from crystalvlm.eval.outputs import LMMS_EVAL_METRIC_NAMES, sanitized_model_name, write_atomically
 
 TASKS = ["pope_random", "pope_popular", "pope_adversarial", "mme", "scienceqa", "textvqa", "chair"]
 LMMS_TOP_LEVEL = {"results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
@@ -54,14 +54,21 @@ def test_lmms_eval_results_and_samples_carry_the_projects_scores_and_answers(tin
         metrics = own["results"][task]
         entry = lmms["results"][task]
         assert entry["alias"] == task
-        assert {key[:-len(",none")]: value for key, value in entry.items()
-                if key.endswith(",none") and "_stderr" not in key} == metrics
-        assert all(entry[f"{metric}_stderr,none"] == "N/A" for metric in metrics)
-        assert set(lmms["higher_is_better"][task]) == set(metrics)
+        aliases = LMMS_EVAL_METRIC_NAMES.get(task, {})
+        written = {key[:-len(",none")]: value for key, value in entry.items()
+                   if key.endswith(",none") and "_stderr" not in key}
+        # Every crystalvlm metric under its own name, and under lmms-eval's name where it has one.
+        assert written == metrics | {aliases[metric]: value for metric, value in metrics.items() if metric in aliases}
+        assert all(entry[f"{metric}_stderr,none"] == "N/A" for metric in written)
+        assert set(lmms["higher_is_better"][task]) == set(written)
         assert lmms["n-shot"][task] == 0 and lmms["group_subtasks"][task] == []
         assert lmms["configs"][task]["generation_kwargs"]["max_new_tokens"] == 3
         assert lmms["n-samples"][task]["effective"] == own["config"]["samples"][task]
     assert lmms["higher_is_better"]["chair"] == {"chair_s": False, "chair_i": False, "recall": True}
+    # The keys scripts written for lmms-eval's logs look up.
+    assert lmms["results"]["pope_adversarial"]["pope_f1_score,none"] == own["results"]["pope_adversarial"]["f1"]
+    assert lmms["results"]["mme"]["mme_percetion_score,none"] == own["results"]["mme"]["perception"]
+    assert lmms["results"]["textvqa"]["exact_match,none"] == own["results"]["textvqa"]["accuracy"]
     assert lmms["config"]["limit"] == 3 and lmms["config"]["batch_size"] == 4
     assert lmms["config"]["model_args"] == f"pretrained={tiny_checkpoint.resolve()},device=cpu,dtype=float32"
     assert isinstance(lmms["date"], float)

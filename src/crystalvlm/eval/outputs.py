@@ -13,9 +13,10 @@ tools made for lmms-eval logs read a crystalvlm evaluation unchanged:
                                                        higher_is_better, n-samples, config, git_hash, date ...
     OUT/lmms-eval/<model>/<date>_samples_<task>.jsonl  doc_id, doc, target, arguments, resps, filtered_resps ...
 
-Task and metric names are crystalvlm's (pope_random/accuracy, not lmms-eval's pope_random/pope_accuracy);
-the numbers are crystalvlm's scores under the run's --scoring convention. docs/eval-conventions.md has
-the details. The lmms-eval folder holds one evaluation, like results.json: the files of an earlier run
+Task and metric names are crystalvlm's (pope_random/accuracy); where lmms-eval reports the same quantity
+under a name of its own (pope_random/pope_accuracy, mme/mme_percetion_score), the value is written under
+that name as well, so scripts that look up lmms-eval's keys find it. The numbers are crystalvlm's scores
+under the run's --scoring convention. docs/eval-conventions.md has the details. The lmms-eval folder holds one evaluation, like results.json: the files of an earlier run
 into the same OUT are removed once the new results file is in place.
 
 Why atomic: a kill (SIGKILL, out of memory, a pre-empted node) during a write must not leave a
@@ -42,6 +43,19 @@ LMMS_EVAL_FOLDER = "lmms-eval"
 # higher-is-better. POPE's yes_ratio has no better direction (0.5 on the balanced splits); lmms-eval
 # marks it higher-is-better too, and so does this file.
 LOWER_IS_BETTER = frozenset({"chair_s", "chair_i"})
+
+# lmms-eval's name for a crystalvlm metric that measures the same quantity on the same scale, per task
+# (lmms-eval's tasks pope_random/pope_pop/pope_adv, mme, scienceqa_img/scienceqa_full, textvqa_val).
+# `mme_percetion_score` is spelled as lmms-eval spells it.
+_POPE_NAMES = {"accuracy": "pope_accuracy", "precision": "pope_precision", "recall": "pope_recall",
+               "f1": "pope_f1_score", "yes_ratio": "pope_yes_ratio"}
+LMMS_EVAL_METRIC_NAMES: dict[str, dict[str, str]] = {
+    "pope_random": _POPE_NAMES, "pope_popular": _POPE_NAMES, "pope_adversarial": _POPE_NAMES,
+    "mme": {"perception": "mme_percetion_score", "cognition": "mme_cognition_score"},
+    "scienceqa": {"accuracy": "exact_match"},
+    "scienceqa_img": {"accuracy": "exact_match"},
+    "textvqa": {"accuracy": "exact_match"},
+}
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -160,14 +174,17 @@ def lmms_eval_results(tasks: list[Task], results: dict[str, dict[str, float]], t
     `"<metric>_stderr,none"` is `"N/A"`, as lmms-eval writes when it computes no standard error.
     """
     names = [task.name for task in tasks]
-    by_task = {}
+    by_task, better = {}, {}
     for name in names:
         entry: dict[str, Any] = {"alias": name}
+        better[name] = {}
         for metric, value in results[name].items():
-            entry[f"{metric},none"] = value
-            entry[f"{metric}_stderr,none"] = "N/A"
+            for key in (metric, LMMS_EVAL_METRIC_NAMES.get(name, {}).get(metric)):
+                if key is not None and f"{key},none" not in entry:
+                    entry[f"{key},none"] = value
+                    entry[f"{key}_stderr,none"] = "N/A"
+                    better[name][key] = metric not in LOWER_IS_BETTER
         by_task[name] = entry
-    better = {name: {metric: metric not in LOWER_IS_BETTER for metric in results[name]} for name in names}
     configs = {}
     for task in tasks:
         configs[task.name] = {
