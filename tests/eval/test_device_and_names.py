@@ -77,6 +77,17 @@ def test_explicit_dtype_is_kept_and_a_bad_one_refused(monkeypatch):
     assert resolve_device_and_dtype("auto", "auto", {"LOCAL_RANK": "5"}) == ("cuda:5", "bfloat16")
 
 
+def test_asking_for_a_gpu_on_a_machine_without_one_is_a_clear_error(tiny_checkpoint, shapes_world, tmp_path,
+                                                                    monkeypatch, capsys):
+    machine(monkeypatch, cuda=False)
+    with pytest.raises(ValueError, match="--device cuda: no CUDA GPU is available"):
+        resolve_device_and_dtype("cuda", "auto", {})
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    for command in ("eval", "generate", "chat"):
+        code = main(command_argv(command, tiny_checkpoint, shapes_world, tmp_path) + ["--device", "cuda"])
+        assert code == 2 and "error: --device cuda: no CUDA GPU is available" in capsys.readouterr().err, command
+
+
 # ---------------------------------------------------------------------------- the commands
 @pytest.mark.parametrize("command", ["generate", "chat", "eval", "serve"])
 def test_help_shows_the_auto_defaults(command, capsys):
@@ -168,6 +179,10 @@ def test_checkpoint_names(tmp_path):
     # Foreign checkpoints (no sidecar): the folder name, even when it is `final`.
     assert checkpoint_name(stage_checkpoint(tmp_path / "llava-1.5-7b-hf", None)) == "llava-1.5-7b-hf"
     assert checkpoint_name(stage_checkpoint(tmp_path / "foreign" / "final", None)) == "final"
+    # An unreadable sidecar: the folder name (loading the checkpoint reports the sidecar).
+    broken = stage_checkpoint(runs / "broken" / "finetune" / "final", None)
+    (broken / "crystalvlm.json").write_text("{not json")
+    assert checkpoint_name(broken) == "final"
     # Not a folder here (a Hub id, resolved elsewhere): its last part.
     assert checkpoint_name("llava-hf/llava-1.5-7b-hf") == "llava-1.5-7b-hf"
 

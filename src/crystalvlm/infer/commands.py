@@ -52,10 +52,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
-def _load_engine(args: argparse.Namespace, batch_size: int = 1):
+def _load_engine(args: argparse.Namespace, batch_size: int = 1, device_and_dtype: tuple[str, str] | None = None):
     from crystalvlm.infer.engine import GenerationEngine
 
-    device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    device, dtype = device_and_dtype or resolve_device_and_dtype(args.device, args.dtype)
     return GenerationEngine.from_checkpoint(Path(args.model), device=device, dtype=dtype, batch_size=batch_size)
 
 
@@ -82,10 +82,11 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         images = [_read_image(args.image)] if args.image else []
+        device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)  # e.g. --device cuda without a GPU
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = _load_engine(args)
+    engine = _load_engine(args, device_and_dtype=device_and_dtype)
     text = (IMAGE_PLACEHOLDER + "\n" if images else "") + args.prompt
     try:
         result = engine.generate([GenerationRequest([Turn("user", text)], images)], config)[0]
@@ -104,10 +105,11 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         image = _read_image(args.image) if args.image else None
+        device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = _load_engine(args)
+    engine = _load_engine(args, device_and_dtype=device_and_dtype)
     interactive = sys.stdin.isatty()
     turns: list[Turn] = []
     if interactive:

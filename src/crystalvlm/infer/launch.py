@@ -75,6 +75,8 @@ def resolve_dtype(requested: str, device: str) -> str:
     if kind == "cpu":
         return "float32"
     if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available here (--device auto picks what is)")
         # Capability 8.0 (Ampere) is where bfloat16 runs natively; earlier GPUs emulate it slowly, so
         # torch.cuda.is_bf16_supported() (which counts emulation) is not the test. ROCm's MI200/MI300
         # report 9.x and compute in bfloat16 too.
@@ -103,7 +105,10 @@ def checkpoint_name(model: str | Path) -> str:
 
     path = Path(model)
     folder = path.resolve() if path.exists() else path
-    info = read_sidecar(folder) if folder.is_dir() else None
+    try:
+        info = read_sidecar(folder) if folder.is_dir() else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        info = None  # an unreadable sidecar: loading the checkpoint reports it; the name falls back to the folder's
     stage, recipe = (info.stage, info.recipe) if info else (None, None)
     if not stage:
         return folder.name or str(model)
