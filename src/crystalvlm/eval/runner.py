@@ -122,7 +122,7 @@ def _drop_unfinished_line(path: Path) -> None:
 
 def _cache_files(cache_dir: Path, task: Task) -> list[Path]:
     """Every rank's cache file of `task`, whatever the number of ranks that wrote them."""
-    return sorted(Path(p) for p in glob.glob(str(cache_dir / f"{glob.escape(task.name)}.rank*.jsonl")))
+    return sorted(cache_dir.glob(f"{glob.escape(task.name)}.rank*.jsonl"))
 
 
 def _request(sample: EvalSample) -> GenerationRequest:
