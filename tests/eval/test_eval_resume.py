@@ -103,8 +103,8 @@ def test_other_budget_or_rewritten_weights_are_generated_again(tiny_checkpoint, 
 
 
 def test_a_cache_line_cut_by_a_kill_costs_one_sample(tiny_checkpoint, shapes_world, tmp_path):
-    """SIGKILL during a cache write leaves a partial last line: that sample is generated again, and the
-    answers appended after it stay readable."""
+    """SIGKILL during a cache write leaves a partial last line: that sample is generated again, the cut
+    line is removed, and the answers appended after it stay readable."""
     task = build_task("pope_popular", shapes_world / "benchmarks", image_folder=shapes_world / "images" / "eval",
                       max_new_tokens=3)
     task = task.select([sample.sample_id for sample in task.samples()[:8]])
@@ -132,7 +132,37 @@ def test_a_cache_line_cut_by_a_kill_costs_one_sample(tiny_checkpoint, shapes_wor
     assert evaluate(Counting(), [task], out, decoding, model_id="tiny", progress=False, chunk_size=4) == first
     assert Counting.requests == 0
     lines = cache.read_text().splitlines()
-    assert len(lines) == 9 and sum(1 for line in lines if _is_json(line)) == 8
+    assert len(lines) == 8 and all(_is_json(line) for line in lines)
+
+
+def test_a_last_cache_line_without_its_newline_is_not_trusted(tiny_checkpoint, shapes_world, tmp_path):
+    """A kill can stop a write right after an entry's closing brace: the entry parses, but it is not
+    known to be complete until its newline is written, so the sample is generated again."""
+    task = build_task("pope_random", shapes_world / "benchmarks", image_folder=shapes_world / "images" / "eval",
+                      max_new_tokens=3)
+    task = task.select([sample.sample_id for sample in task.samples()[:4]])
+    engine = GenerationEngine.from_checkpoint(tiny_checkpoint, batch_size=4)
+    requests: list[int] = []
+
+    class Counting:
+        def generate(self, batch, config):
+            requests.append(len(batch))
+            return engine.generate(batch, config)
+
+    out = tmp_path / "out"
+    decoding = DecodingConfig.parse("greedy")
+    first = evaluate(Counting(), [task], out, decoding, model_id="tiny", progress=False, chunk_size=4)
+    cache = out / "cache" / "pope_random.rank0.jsonl"
+    lines = cache.read_text().splitlines()
+    forged = json.loads(lines[-1]) | {"text": "FORGED"}
+    cache.write_text("".join(line + "\n" for line in lines[:-1]) + json.dumps(forged))  # no newline after it
+
+    requests.clear()
+    again = evaluate(Counting(), [task], out, decoding, model_id="tiny", progress=False, chunk_size=4)
+    assert requests == [1] and again == first
+    samples = [json.loads(line) for line in (out / "samples_pope_random.jsonl").read_text().splitlines()]
+    assert "FORGED" not in {sample["response"] for sample in samples}
+    assert "FORGED" not in cache.read_text()
 
 
 def _is_json(line: str) -> bool:

@@ -32,8 +32,8 @@ Two forms:
   crystalvlm eval MODEL --tasks ... --benchmarks DIR
       generate answers with the checkpoint MODEL (batched, cached: an interrupted run restarted
       with the same settings reuses every finished sample), score them, print a score table and
-      write OUT/results.json, OUT/samples_<task>.jsonl, OUT/answers_<task>.jsonl (LLaVA format)
-      and OUT/report.html.
+      write OUT/results.json, OUT/samples_<task>.jsonl, OUT/answers_<task>.jsonl (LLaVA format),
+      OUT/report.html, and the same results and samples in lmms-eval's layout under OUT/lmms-eval/.
 
   crystalvlm eval score --task TASK --answers FILE --annotations PATH
       score an existing answers file (crystalvlm's answers_<task>.jsonl or LLaVA-1.5's
@@ -79,6 +79,7 @@ def add_eval_subcommands(subparsers) -> None:
     from crystalvlm.eval.task_selection import TEXTVQA_PROMPTS
     from crystalvlm.eval.tasks.base import SCORING_CONVENTIONS
     from crystalvlm.eval.tasks.registry import task_names
+    from crystalvlm.infer.launch import add_device_arguments
 
     parser = subparsers.add_parser(
         "eval", help="evaluate a checkpoint on benchmarks (or: eval score, re-score an answers file)",
@@ -105,12 +106,13 @@ def add_eval_subcommands(subparsers) -> None:
     parser.add_argument("--textvqa-prompt", choices=list(TEXTVQA_PROMPTS), default="llava",
                         help="llava: question + OCR tokens (LLaVA-1.5's numbers); lmms-eval: capitalised "
                              "question, no OCR tokens")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/eval/<checkpoint folder name>)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="output folder (default: runs/eval/<run>-<stage> for a checkpoint that crystalvlm train "
+                             "wrote, runs/eval/<checkpoint folder name> for others)")
     parser.add_argument("--save-every", type=int, metavar="N",
                         help="samples generated between cache writes (default: the runner's CHUNK, 64); "
                              "an interruption loses at most N")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    add_device_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_eval)
 
@@ -208,17 +210,23 @@ def _start_renderers(tasks) -> list:
 
 def run_eval(args: argparse.Namespace) -> int:
     from crystalvlm.data.images import ImageError
+    from crystalvlm.eval.outputs import lmms_eval_folder
     from crystalvlm.eval.report import format_score_table, write_eval_report
     from crystalvlm.eval.runner import CHUNK, Shard, evaluate
     from crystalvlm.eval.task_selection import build_tasks, expand_task_names, locate_benchmarks
     from crystalvlm.infer.engine import GenerationEngine, RequestError
     from crystalvlm.models.checkpoint import checkpoint_revision, resolve_model
+    from crystalvlm.infer.launch import checkpoint_name, resolve_device_and_dtype
 
     if args.batch_size < 1:
         return _fail(f"--batch-size must be at least 1, got {args.batch_size}")
     chunk_size = CHUNK if args.save_every is None else args.save_every
     if chunk_size < 1:
         return _fail(f"--save-every must be at least 1, got {chunk_size}")
+    try:
+        model = resolve_model(args.model)  # a checkpoint folder, or a Hub id found in the Hugging Face cache
+    except FileNotFoundError as error:
+        return _fail(str(error))
     try:
         decoding, budget = _decoding(args)
         names = expand_task_names(args.tasks)
@@ -227,26 +235,33 @@ def run_eval(args: argparse.Namespace) -> int:
                             textvqa_prompt=args.textvqa_prompt)
     except ValueError as error:  # TaskSelectionError, DecodingConfigError
         return _fail(str(error))
-    try:
-        model = resolve_model(args.model)  # a checkpoint folder, or a Hub id found in the Hugging Face cache
-    except FileNotFoundError as error:
-        return _fail(str(error))
 
-    out = Path(args.out) if args.out else Path("runs") / "eval" / model.resolve().name
+    # Named after the run and stage: every stage's checkpoint sits in a folder called `final`, and
+    # evaluations of two of them must not share (and overwrite) one output folder.
+    name = checkpoint_name(model)
+    out = Path(args.out) if args.out else Path("runs") / "eval" / name
+    try:
+        device, dtype = resolve_device_and_dtype(args.device, args.dtype)
+    except ValueError as error:
+        return _fail(str(error))
     if args.quiet:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
     try:
-        engine = GenerationEngine.from_checkpoint(model, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+        engine = GenerationEngine.from_checkpoint(model, device=device, dtype=dtype, batch_size=args.batch_size)
     except (OSError, ValueError) as error:
         return _fail(f"cannot load the checkpoint {model}: {error}")
     shard = Shard.from_env()
     renderers = _start_renderers(tasks)
     try:
+        # The dtype joins the weights' stamp in the cache key: bfloat16 answers are not float32 answers,
+        # and `--dtype auto` picks a different one on a GPU than on the CPU.
         results = evaluate(engine, tasks, out, decoding, model_id=str(model.resolve()), scoring=args.scoring,
                            progress=not args.quiet, shard=shard, chunk_size=chunk_size,
-                           model_revision=checkpoint_revision(model))
+                           model_revision=f"{checkpoint_revision(model)}-{dtype}", model_name=name,
+                           settings={"device": device, "dtype": dtype, "batch_size": args.batch_size,
+                                     "limit": args.limit})
     except RequestError as error:
         return _fail(f"{error} (a task's generation budget can be lowered with --max-new-tokens)")
     except ImageError as error:
@@ -262,5 +277,6 @@ def run_eval(args: argparse.Namespace) -> int:
           + ", ".join(f"{task.name} {len(task.samples())}" for task in tasks))
     print(f"results: {out / 'results.json'}")
     print(f"samples: {out / 'samples_<task>.jsonl'} (LLaVA-format answers: {out / 'answers_<task>.jsonl'})")
+    print(f"lmms-eval layout: {lmms_eval_folder(out, name)}")
     print(f"report:  {report}")
     return 0

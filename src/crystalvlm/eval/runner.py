@@ -1,21 +1,30 @@
 """Running benchmark tasks through the generation engine: batched, cached, resumable, sharded.
 
-Layout of an evaluation folder (like lmms-eval's, plus LLaVA-format answer files):
+Layout of an evaluation folder (outputs.py writes the files, atomically):
 
     OUT/results.json                      {"results": {task: metrics}, "config": {...}}
     OUT/samples_<task>.jsonl              one line per sample: id, prompt, target, response, meta
     OUT/answers_<task>.jsonl              LLaVA-1.5 answer files (question_id, prompt, text), which
                                           `crystalvlm eval score` re-scores
+    OUT/lmms-eval/<model>/<date>_results.json, <date>_samples_<task>.jsonl
+                                          the same scores and answers in lmms-eval's layout
     OUT/cache/<task>.rank<R>.jsonl        finished answers, appended after every chunk
 
 The cache is keyed by sample id and the hash of everything that decides the answer (checkpoint,
 decoding with the task's generation budget, prompt, image path); an interrupted evaluation
-restarted with the same settings reuses every finished sample. Under torchrun each rank takes
-every WORLD_SIZE-th sample and rank 0 merges the shards once all ranks are done.
+restarted with the same settings reuses every finished sample. A cache line counts only once its
+newline is on disk, so the line a kill cut short is generated again, never read as an answer.
+results.json is removed when an evaluation starts and written when it ends: present, it describes
+the answer files beside it.
+
+Under torchrun each rank takes whole images (`shard_samples`: an image's questions stay on one rank,
+where their shared prompt prefix is computed once) and rank 0 merges the shards once all ranks are
+done. Ranks read every rank's cache, so a restart with another number of ranks reuses all answers.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -25,6 +34,7 @@ from pathlib import Path
 
 from crystalvlm.data.images import open_image
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
+from crystalvlm.eval import outputs
 from crystalvlm.eval.tasks.base import EvalSample, Task
 from crystalvlm.infer.engine import DecodingConfig, GenerationEngine, GenerationRequest
 
@@ -38,7 +48,37 @@ class Shard:
 
     @classmethod
     def from_env(cls) -> "Shard":
+        # The global RANK (not LOCAL_RANK, which picks the GPU; infer/launch.py): on several machines
+        # LOCAL_RANK repeats and two ranks would take the same share.
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def shard_samples(samples: list[EvalSample], shard: Shard) -> list[EvalSample]:
+    """This rank's share of `samples`, in task order: whole images, never an image split between ranks.
+
+    All questions about one image go to one rank, so that the engine there computes their shared
+    prompt prefix (system prompt and image) once; split across ranks, each would encode the image
+    again. Images go, the largest question group first, to the rank with the fewest samples so far
+    (ties: the lower rank), which keeps the ranks within one image's questions of each other. The
+    assignment depends only on the samples and the world size, so every rank computes the same one.
+    A text-only sample is a group of its own.
+    """
+    if not 0 <= shard.rank < shard.world:
+        raise ValueError(f"rank {shard.rank} is not in a world of {shard.world}")
+    if shard.world == 1:
+        return list(samples)
+    groups: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        key = f"image:{sample.image}" if sample.image is not None else f"text:{index}"
+        groups.setdefault(key, []).append(index)
+    load = [0] * shard.world
+    mine: list[int] = []
+    for members in sorted(groups.values(), key=len, reverse=True):  # stable: equal sizes keep first-seen order
+        rank = min(range(shard.world), key=lambda r: (load[r], r))
+        load[rank] += len(members)
+        if rank == shard.rank:
+            mine.extend(members)
+    return [samples[index] for index in sorted(mine)]
 
 
 def _sample_key(sample: EvalSample, fingerprint: str) -> str:
@@ -47,24 +87,42 @@ def _sample_key(sample: EvalSample, fingerprint: str) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, str]:
+    """key -> answer of every finished line of a cache file.
+
+    Only lines ended by their newline count: a kill can stop the last write anywhere in a line, even
+    just after its closing brace, and the entry is trusted only once all of it is on disk. Lines
+    that are not entries (a cut line that a newer writer ended, stray text) are skipped; their
+    samples are generated again.
+    """
     done: dict[str, str] = {}
     if not path.is_file():
         return done
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").split("\n")[:-1]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill mid-write; that sample is simply generated again
-        done[entry["key"]] = entry["text"]
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("text"), str):
+            done[entry["key"]] = entry["text"]
     return done
 
 
-def _ends_mid_line(path: Path) -> bool:
-    if path.stat().st_size == 0:
-        return False
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) != b"\n"
+def _drop_unfinished_line(path: Path) -> None:
+    """Cut what follows the last newline (a write stopped by a kill), so that the next entry starts a
+    line of its own and the fragment, which _read_cache ignores, is not completed into a line it would read."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+            os.fsync(handle.fileno())
+
+
+def _cache_files(cache_dir: Path, task: Task) -> list[Path]:
+    """Every rank's cache file of `task`, whatever the number of ranks that wrote them."""
+    return sorted(cache_dir.glob(f"{glob.escape(task.name)}.rank*.jsonl"))
 
 
 def _request(sample: EvalSample) -> GenerationRequest:
@@ -112,8 +170,13 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_path = cache_dir / f"{task.name}.rank{shard.rank}.jsonl"
-    cached = _read_cache(cache_path)
-    mine = task.samples()[shard.rank::shard.world]
+    _drop_unfinished_line(cache_path)
+    # Every rank's file: after a restart with another number of ranks, a sample may now be this rank's
+    # and its answer in another rank's file. (Another rank may be appending: its unfinished line is ignored.)
+    cached: dict[str, str] = {}
+    for path in _cache_files(cache_dir, task):
+        cached.update(_read_cache(path))
+    mine = shard_samples(task.samples(), shard)
     config = task_decoding(decoding, task)
     answers: dict[str, str] = {}
     todo: list[tuple[EvalSample, str]] = []
@@ -127,9 +190,6 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"eval {task.name}", disable=not progress,
                unit="sample")
     with open(cache_path, "a") as cache:
-        if _ends_mid_line(cache_path):
-            # A kill mid-write left a partial last line; appending to it would spoil the next entry too.
-            cache.write("\n")
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             results = engine.generate([_request(sample) for sample, _ in chunk], config)
@@ -166,8 +226,8 @@ def _wait_for_shards(cache_dir: Path, task: Task, fingerprint: str, shard: Shard
 
 def _merged_answers(cache_dir: Path, task: Task, fingerprint: str, shard: Shard) -> dict[str, str]:
     by_key: dict[str, str] = {}
-    for rank in range(shard.world):
-        by_key.update(_read_cache(cache_dir / f"{task.name}.rank{rank}.jsonl"))
+    for path in _cache_files(cache_dir, task):
+        by_key.update(_read_cache(path))
     answers = {}
     for sample in task.samples():
         key = _sample_key(sample, fingerprint)
@@ -178,15 +238,14 @@ def _merged_answers(cache_dir: Path, task: Task, fingerprint: str, shard: Shard)
 
 
 def write_task_outputs(out_dir: Path, task: Task, answers: dict[str, str]) -> None:
-    with open(out_dir / f"samples_{task.name}.jsonl", "w") as samples, \
-            open(out_dir / f"answers_{task.name}.jsonl", "w") as llava_answers:
-        for index, sample in enumerate(task.samples()):
-            text = answers[sample.sample_id]
-            samples.write(json.dumps({"doc_id": index, "sample_id": sample.sample_id, "prompt": sample.prompt,
-                                      "image": str(sample.image) if sample.image else None,
-                                      "target": sample.target, "response": text, "meta": sample.meta}) + "\n")
-            llava_answers.write(json.dumps({"question_id": sample.sample_id, "prompt": sample.prompt, "text": text,
-                                            "model_id": "crystalvlm", "metadata": {}}) + "\n")
+    outputs.write_task_outputs(out_dir, task, answers)
+
+
+def _clear_previous_results(out_dir: Path) -> None:
+    """Remove results.json, and files a killed writer left half-written, before answers change beside them."""
+    (out_dir / "results.json").unlink(missing_ok=True)
+    for stale in out_dir.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 class EvalResults(dict):
@@ -200,19 +259,27 @@ class EvalResults(dict):
 
 def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decoding: DecodingConfig, model_id: str,
              scoring: str = "llava", progress: bool = True, shard: Shard | None = None,
-             chunk_size: int = CHUNK, model_revision: str | None = None) -> "EvalResults":
-    """Generate (with cache), merge shards, score, and write results.json and per-task logs.
+             chunk_size: int = CHUNK, model_revision: str | None = None, model_name: str | None = None,
+             settings: dict | None = None) -> "EvalResults":
+    """Generate (with cache), merge shards, score, and write results.json and per-task logs, in
+    crystalvlm's layout and in lmms-eval's (outputs.py).
 
     Each task generates with its own budget (`task.max_new_tokens`); `decoding.max_new_tokens` is
     replaced by it. `chunk_size` samples are generated between cache writes. `model_revision`
     (e.g. a stamp of the weight files) joins `model_id` in the cache key, so answers of other
-    weights saved under the same path are not reused.
+    weights saved under the same path are not reused. `model_name` names the lmms-eval folder
+    (default: the last part of `model_id`); `settings` (device, dtype, batch size, limit, ...) are
+    recorded in both results files.
     """
     shard = shard or Shard.from_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = out_dir / "cache"
+    started = time.time()
+    if shard.rank == 0:
+        _clear_previous_results(out_dir)
     results = EvalResults()
+    merged: dict[str, dict[str, str]] = {}
     for task in tasks:
         # The budget is part of the fingerprint: answers cut at 16 tokens are not reused for a 128-token run.
         fingerprint = settings_fingerprint(model_id, task_decoding(decoding, task), model_revision)
@@ -225,12 +292,33 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
         scored = task.score_samples(answers, scoring=scoring)
         results[task.name] = scored.metrics
         results.details[task.name] = scored.per_sample
+        merged[task.name] = answers
         write_task_outputs(out_dir, task, answers)
-    if shard.rank == 0:
-        payload = {"results": results, "config": {"model": model_id, "model_revision": model_revision,
-                                                  "decoding": asdict(decoding), "scoring": scoring,
-                                                  "tasks": [t.name for t in tasks],
-                                                  "samples": {t.name: len(t.samples()) for t in tasks},
-                                                  "max_new_tokens": {t.name: t.max_new_tokens for t in tasks}}}
-        (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if shard.rank != 0:
+        return results
+    config = {"model": model_id, "model_revision": model_revision, "decoding": asdict(decoding), "scoring": scoring,
+              "tasks": [t.name for t in tasks], "samples": {t.name: len(t.samples()) for t in tasks},
+              "max_new_tokens": {t.name: t.max_new_tokens for t in tasks}, **(settings or {})}
+    _write_lmms_eval(out_dir, tasks, results, merged, decoding, model_id, model_name, scoring, settings or {}, started)
+    # Last: results.json present means every file above belongs to it.
+    outputs.write_results(out_dir, results, config)
     return results
+
+
+def _write_lmms_eval(out_dir: Path, tasks: list[Task], results: dict[str, dict[str, float]],
+                     answers: dict[str, dict[str, str]], decoding: DecodingConfig, model_id: str,
+                     model_name: str | None, scoring: str, settings: dict, started: float) -> None:
+    from crystalvlm import __version__
+
+    name = model_name or Path(model_id).name or model_id
+    generation = {task.name: asdict(task_decoding(decoding, task)) for task in tasks}
+    lines = {task.name: outputs.lmms_eval_sample_lines(task, answers[task.name], generation[task.name])
+             for task in tasks}
+    # lmms-eval's `config` block: its command-line settings, here crystalvlm's.
+    model_args = [f"pretrained={model_id}"] + [f"{key}={settings[key]}" for key in ("device", "dtype") if settings.get(key)]
+    config = {"model": "crystalvlm", "model_args": ",".join(model_args), "batch_size": settings.get("batch_size"),
+              "device": settings.get("device"), "limit": settings.get("limit"), "gen_kwargs": asdict(decoding),
+              "scoring": scoring}
+    document = outputs.lmms_eval_results(tasks, results, generation, lines, config, name, __version__,
+                                         started, time.time())
+    outputs.write_lmms_eval_outputs(out_dir, name, outputs.lmms_eval_date_id(started), document, lines)

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from crystalvlm.infer.launch import add_device_arguments, checkpoint_name, resolve_device_and_dtype
+
 CHAT_HELP = "commands: /image PATH (start a new chat about that image), /reset, /quit; anything else is a question"
 
 
@@ -38,7 +40,8 @@ def add_infer_subcommands(subparsers) -> None:
     serve.add_argument("--api-key", default=os.environ.get("CRYSTALVLM_API_KEY"),
                        help="require 'Authorization: Bearer KEY' (default: $CRYSTALVLM_API_KEY)")
     serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URLs only)")
-    serve.add_argument("--model-name", help="the model id clients send (default: the checkpoint folder's name)")
+    serve.add_argument("--model-name", help="the model id clients send (default: <run>-<stage> for a checkpoint "
+                                            "that crystalvlm train wrote, else the checkpoint folder's name)")
     serve.add_argument("--batch-size", type=int, default=8)
     serve.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     serve.set_defaults(func=run_serve)
@@ -46,19 +49,14 @@ def add_infer_subcommands(subparsers) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a checkpoint folder or a cached Hub id (owner/name)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    add_device_arguments(parser)
 
 
-def _load_engine(args: argparse.Namespace, batch_size: int = 1):
+def _load_engine(args: argparse.Namespace, batch_size: int = 1, device_and_dtype: tuple[str, str] | None = None):
     from crystalvlm.infer.engine import GenerationEngine
-    from crystalvlm.models.checkpoint import ModelNotFoundError
 
-    try:
-        return GenerationEngine.from_checkpoint(Path(args.model), device=args.device, dtype=args.dtype, batch_size=batch_size)
-    except ModelNotFoundError as error:  # neither a checkpoint folder nor a cached Hub id: say so, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    device, dtype = device_and_dtype or resolve_device_and_dtype(args.device, args.dtype)
+    return GenerationEngine.from_checkpoint(Path(args.model), device=device, dtype=dtype, batch_size=batch_size)
 
 
 def _read_image(path: str):
@@ -84,10 +82,11 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         images = [_read_image(args.image)] if args.image else []
+        device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)  # e.g. --device cuda without a GPU
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = _load_engine(args)
+    engine = _load_engine(args, device_and_dtype=device_and_dtype)
     text = (IMAGE_PLACEHOLDER + "\n" if images else "") + args.prompt
     try:
         result = engine.generate([GenerationRequest([Turn("user", text)], images)], config)[0]
@@ -106,10 +105,11 @@ def run_chat(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
         image = _read_image(args.image) if args.image else None
+        device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    engine = _load_engine(args)
+    engine = _load_engine(args, device_and_dtype=device_and_dtype)
     interactive = sys.stdin.isatty()
     turns: list[Turn] = []
     if interactive:
@@ -166,7 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from crystalvlm.infer.server import build_app
 
     engine = _load_engine(args, batch_size=args.batch_size)
-    model_name = args.model_name or Path(args.model).resolve().name
+    model_name = args.model_name or checkpoint_name(args.model)
     limits = ServerLimits(allow_remote_images=args.allow_remote_images, max_tokens=args.max_tokens,
                           default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens))
     app = build_app(engine, model_name, api_key=args.api_key, limits=limits)
