@@ -131,8 +131,8 @@ def test_bad_input_exits_2_with_a_message(tiny_checkpoint, shapes_world, tmp_pat
         assert captured.out == ""
 
 
-def test_bad_input_in_a_real_process_has_no_traceback(shapes_world, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "crystalvlm.cli", "eval", str(tmp_path), "--tasks", "popes",
+def test_bad_input_in_a_real_process_has_no_traceback(shapes_world, tiny_checkpoint):
+    result = subprocess.run([sys.executable, "-m", "crystalvlm.cli", "eval", str(tiny_checkpoint), "--tasks", "popes",
                              "--benchmarks", str(shapes_world)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown task 'popes'")
