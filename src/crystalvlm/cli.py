@@ -154,8 +154,25 @@ def _add_quickstart(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every option's help shows its default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help shows its default; descriptions keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        # None and a store_true's False say nothing; a help that already explains its default keeps its words.
+        says_nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if says_nothing or "default" in help_text.lower():
+            return help_text
+        return super()._get_help_string(action)
+
+
+def _use_help_formatter(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help shows defaults, whichever module added it."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _use_help_formatter(child)
 
 
 class UsageError(ValueError):
@@ -182,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands):
         register(sub)
+    _use_help_formatter(parser)
     return parser
 
 

@@ -82,9 +82,14 @@ def test_version_and_help_show_defaults(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["--version"])
     assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        cli_main(["train", "--help"])
-    assert "(default: runs/latest)" in capsys.readouterr().out
+    # Each module adds its own subcommands; the defaults show in all of them.
+    for command, shown in ((["train"], "(default: runs/latest)"), (["serve"], "(default: 8000)"),
+                           (["web2code", "synth"], "(default: 0)"), (["eval"], "(default: greedy)")):
+        with pytest.raises(SystemExit):
+            cli_main([*command, "--help"])
+        printed = capsys.readouterr().out
+        assert shown in printed, f"{command}: {shown} not in its help"
+        assert "(default: None)" not in printed and "(default: False)" not in printed
 
 
 def test_every_option_of_every_command_has_help_text():

@@ -30,7 +30,7 @@ FORGED = "FORGED ANSWER"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from crystalvlm.data.synthetic.shapes_world import write_shapes_world
+    from crystalvlm.worlds.shapes.writer import write_shapes_world
 
     folder = tmp_path_factory.mktemp("kill_world") / "world"
     write_shapes_world(folder, n_train=2, n_eval=4, seed=0, image_size=32, progress=False)

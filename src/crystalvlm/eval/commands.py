@@ -97,12 +97,13 @@ def add_eval_subcommands(subparsers) -> None:
     parser.add_argument("--image-folder", metavar="DIR", help="COCO val2014 images of POPE and CHAIR")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="only the first N samples of each task (MME keeps an image's two questions together)")
-    parser.add_argument("--batch-size", type=int, default=16, help="requests generated together (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="requests generated together")
     parser.add_argument("--decoding", default="greedy",
                         help="greedy | beam:num_beams=3 | opera | vcd:alpha=1 | sample:temperature=0.7,seed=1 ...")
     parser.add_argument("--max-new-tokens", type=int, metavar="N",
                         help="generation budget of every task (default: each task's official budget)")
-    parser.add_argument("--scoring", choices=SCORING_CONVENTIONS, default="llava")
+    parser.add_argument("--scoring", choices=SCORING_CONVENTIONS, default="llava",
+                        help="scoring convention where LLaVA's and lmms-eval's scripts differ")
     parser.add_argument("--textvqa-prompt", choices=list(TEXTVQA_PROMPTS), default="llava",
                         help="llava: question + OCR tokens (LLaVA-1.5's numbers); lmms-eval: capitalised "
                              "question, no OCR tokens")
@@ -122,10 +123,11 @@ def _score_parser(eval_prog: str, conventions: tuple[str, ...]) -> argparse.Argu
 
     score = argparse.ArgumentParser(prog=f"{eval_prog} score", description=SCORE_DESCRIPTION,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    score.add_argument("--task", required=True, choices=RESCORABLE_TASKS)
+    score.add_argument("--task", required=True, choices=RESCORABLE_TASKS, help="the benchmark the answers are for")
     score.add_argument("--answers", required=True, metavar="FILE", help="JSON lines: question_id, prompt, text")
     score.add_argument("--annotations", required=True, metavar="PATH", help="the benchmark's ground truth (see above)")
-    score.add_argument("--scoring", choices=conventions, default="llava")
+    score.add_argument("--scoring", choices=conventions, default="llava",
+                       help="scoring convention where LLaVA's and lmms-eval's scripts differ (default: llava)")
     score.set_defaults(func=run_score)
     return score
 

@@ -22,27 +22,27 @@ def add_infer_subcommands(subparsers) -> None:
     _add_model_arguments(generate)
     generate.add_argument("--image", help="an image file (optional: text-only questions work too)")
     generate.add_argument("--prompt", required=True, help="the question")
-    generate.add_argument("--max-new-tokens", type=int, default=128)
+    generate.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
     generate.add_argument("--decoding", default="greedy", help="greedy | sample:... | beam:num_beams=3 | opera | vcd:alpha=1 ...")
     generate.set_defaults(func=run_generate)
 
     chat = subparsers.add_parser("chat", help="a terminal chat (reads questions from stdin)")
     _add_model_arguments(chat)
     chat.add_argument("--image", help="the first image to talk about")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--decoding", default="greedy")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate per answer")
+    chat.add_argument("--decoding", default="greedy", help="greedy | sample:... | beam:num_beams=3 | opera | vcd:alpha=1 ...")
     chat.set_defaults(func=run_chat)
 
     serve = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with a web chat page")
     _add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     serve.add_argument("--api-key", default=os.environ.get("CRYSTALVLM_API_KEY"),
                        help="require 'Authorization: Bearer KEY' (default: $CRYSTALVLM_API_KEY)")
     serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URLs only)")
     serve.add_argument("--model-name", help="the model id clients send (default: <run>-<stage> for a checkpoint "
                                             "that crystalvlm train wrote, else the checkpoint folder's name)")
-    serve.add_argument("--batch-size", type=int, default=8)
+    serve.add_argument("--batch-size", type=int, default=8, help="requests generated together")
     serve.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     serve.set_defaults(func=run_serve)
 
