@@ -108,3 +108,21 @@ def test_sandbox_on_refuses_to_render_where_it_cannot_work():
         pytest.skip("this machine may well allow the sandbox")
     with pytest.raises(BrowserUnavailable, match="running as root"):
         RenderPool(RenderSettings(viewport=(64, 64), workers=1, sandbox="on"))
+
+
+@pytest.mark.browser
+@needs_browser
+def test_the_render_command_passes_its_sandbox_choice(tmp_path, capsys):
+    """`--sandbox on` reaches the pool: as root it is refused in one line, exit 2, nothing rendered."""
+    from crystalvlm.cli import main
+
+    if os.geteuid() != 0:
+        pytest.skip("this machine may well allow the sandbox")
+    page = tmp_path / "page.html"
+    page.write_text(PAGE)
+    code = main(["web2code", "render", str(page), "--out", str(tmp_path / "out"), "--sandbox", "on", "--quiet"])
+    assert code == 2
+    assert "sandbox='on'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "page.png").exists()
+    assert main(["web2code", "render", str(page), "--out", str(tmp_path / "out"), "--sandbox", "off", "--quiet"]) == 0
+    assert (tmp_path / "out" / "page.png").is_file()

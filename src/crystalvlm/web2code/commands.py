@@ -32,7 +32,8 @@ def _error(message: str) -> int:
 def _settings(args: argparse.Namespace, **overrides):
     from crystalvlm.web2code.render import RenderSettings
 
-    values = dict(viewport=(args.width, args.height), timeout_s=args.timeout, workers=args.workers)
+    values = dict(viewport=(args.width, args.height), timeout_s=args.timeout, workers=args.workers,
+                  sandbox=args.sandbox)
     values.update(overrides)
     return RenderSettings(**values)
 
@@ -154,10 +155,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def _add_render_options(parser: argparse.ArgumentParser, width: int = 1920, height: int = 1080) -> None:
-    parser.add_argument("--width", type=int, default=width, help=f"viewport width in CSS pixels (default {width})")
-    parser.add_argument("--height", type=int, default=height, help=f"viewport height in CSS pixels (default {height})")
+    parser.add_argument("--width", type=int, default=width, help="viewport width in CSS pixels")
+    parser.add_argument("--height", type=int, default=height, help="viewport height in CSS pixels")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per page (load, layout, screenshot)")
     parser.add_argument("--workers", type=int, default=2, help="pages rendered at once (browser contexts)")
+    parser.add_argument("--sandbox", choices=["auto", "on", "off"], default="auto",
+                        help="Chromium's sandbox: auto (on where the OS allows it, else off with a warning saying "
+                             "why, e.g. as root), on (refuse to render without it), off")
 
 
 def add_web2code_subcommands(subparsers) -> None:
