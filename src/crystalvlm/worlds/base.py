@@ -63,11 +63,15 @@ class PreparedFolder:
             raise FileExistsError(f"{self.folder} is not empty and holds no prepared world (no {MARKER}); "
                                   "choose an empty or new folder")
         # Another preparation (other settings or seed) or a fresh folder: start from nothing.
+        self.clear_outputs()
+        write_json_atomic(self.marker, self.record)
+        return self
+
+    def clear_outputs(self) -> None:
+        """Remove everything but the marker: what a cut step left behind is redone, never trusted."""
         for child in self.folder.iterdir():
             if child.name != MARKER:
                 _remove(child)
-        write_json_atomic(self.marker, self.record)
-        return self
 
     def done(self, step: str) -> bool:
         return step in self.record["steps"]

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
-from crystalvlm.worlds.base import MARKER, PreparedFolder, move_children, staged
+from crystalvlm.worlds.base import PreparedFolder, move_children, staged
 
 
 def _timed(work):
@@ -41,10 +40,7 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     parts = world / "parts"
 
     def write_world() -> dict:
-        # A cut run may have left part of the data: everything but the marker is redone.
-        for child in world.iterdir():
-            if child.name != MARKER:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        folder.clear_outputs()  # a cut run may have left part of the data
         partial = world / f"data.partial-{os.getpid()}"
         _, seconds = _timed(lambda: write_shapes_world(partial, n_train=int(settings["n_train"]),
                                                         n_eval=int(settings["n_eval"]), seed=seed,

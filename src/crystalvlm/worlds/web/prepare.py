@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER
 from crystalvlm.web2code.render import RenderPool, RenderResult, RenderSettings
-from crystalvlm.worlds.base import MARKER, PreparedFolder, move_children, staged
+from crystalvlm.worlds.base import PreparedFolder, move_children, staged
 
 DEFAULT_VIEWPORT = (128, 128)
 # Words of the simple pages' markup that every page shares; the CLIP summary leaves them out.
@@ -257,10 +256,7 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
     parts = world / "parts"
 
     def write_world() -> dict:
-        # A cut run may have left part of the data: everything but the marker is redone.
-        for child in world.iterdir():
-            if child.name != MARKER:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        folder.clear_outputs()  # a cut run may have left part of the data
         partial = world / f"data.partial-{os.getpid()}"
         started = time.time()
         own_pool = pool is None
