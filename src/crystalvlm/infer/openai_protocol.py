@@ -35,41 +35,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from crystalvlm.data.images import IMAGE_FORMATS, ImageError, decode_image_bytes
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
 from crystalvlm.infer.decoding.config import DecodingConfig, DecodingConfigError
+from crystalvlm.infer.limits import ServerLimits
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """What one request may ask for, and what the server holds at once. Set by the operator only."""
-
-    max_request_bytes: int = 16 * 2**20  # whole JSON body
-    max_image_bytes: int = 8 * 2**20  # one image, after base64 decoding
-    max_image_pixels: int = 4096 * 4096  # width * height from the header, before decoding
-    max_images: int = 4  # per request
-    max_messages: int = 64
-    max_prompt_tokens: int = 4096  # image tokens included
-    # Characters of text, checked before tokenising; None: max_prompt_tokens x twice the longest
-    # vocabulary entry (build_app fills it in from the tokenizer).
-    max_prompt_chars: int | None = None
-    max_tokens: int = 1024  # upper bound of max_tokens / max_completion_tokens
-    default_max_tokens: int = 256
-    max_stop_strings: int = 4
-    max_stop_chars: int = 64  # per stop string (matching costs grow with the square of the length)
-    max_concurrent_requests: int = 128  # being answered at once (queued, decoding, generating); then 503
-    max_pending: int = 128  # waiting in the batcher's queue; then 503
-    max_pending_pixels: int = 256 * 2**20  # decoded image pixels held by the requests being answered
-    batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
-    allow_remote_images: bool = False
-    remote_image_timeout_s: float = 10.0  # one deadline for all the remote images of a request
-    remote_image_networks: tuple[str, ...] = ()  # non-public networks remote images may come from
-
-    def __post_init__(self) -> None:
-        if self.max_images * self.max_image_pixels > self.max_pending_pixels:
-            raise ValueError(f"max_pending_pixels ({self.max_pending_pixels}) must hold one request's images: "
-                             f"max_images x max_image_pixels = {self.max_images * self.max_image_pixels}")
-        if not 1 <= self.default_max_tokens <= self.max_tokens:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be from 1 to max_tokens ({self.max_tokens})")
 
 
 class ApiError(Exception):
