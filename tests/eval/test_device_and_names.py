@@ -223,9 +223,9 @@ def test_served_model_id_is_named_after_run_and_stage(tiny_checkpoint, tmp_path,
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
     monkeypatch.delenv("CRYSTALVLM_API_KEY", raising=False)
     assert main(["serve", str(checkpoint)]) == 0
-    with TestClient(apps[0]) as client:
+    with TestClient(apps[0], base_url="http://localhost") as client:
         assert [model["id"] for model in client.get("/v1/models").json()["data"]] == ["shapes-run-finetune"]
 
     assert main(["serve", str(checkpoint), "--model-name", "mine"]) == 0
-    with TestClient(apps[1]) as client:
+    with TestClient(apps[1], base_url="http://localhost") as client:
         assert [model["id"] for model in client.get("/v1/models").json()["data"]] == ["mine"]

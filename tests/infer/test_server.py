@@ -260,13 +260,15 @@ def test_remote_images_are_fetched_when_allowed(server_engine, loopback_image_ho
     from crystalvlm.infer.openai_protocol import ServerLimits
     from crystalvlm.infer.server import build_app
 
-    limits = ServerLimits(**{**SERVER_LIMITS, "allow_remote_images": True})
+    # Loopback addresses are refused unless the operator allows their network.
+    limits = ServerLimits(**{**SERVER_LIMITS, "allow_remote_images": True, "remote_image_networks": ("127.0.0.1/32",)})
     app = build_app(server_engine, MODEL_NAME, limits=limits)  # no API key on this one
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url="http://localhost") as test_client:
         answer = test_client.post("/v1/chat/completions", json={
             **image_url_request(loopback_image_host + "/square.png"), "max_tokens": 5})
         assert answer.status_code == 200
         expected = engine_answer(server_engine, QUESTION, [square_image("red")], "greedy", 5)
         assert answer.json()["choices"][0]["message"]["content"] == expected
         missing = test_client.post("/v1/chat/completions", json=image_url_request(loopback_image_host + "/gone.png"))
-        assert missing.status_code == 400 and "HTTP 404" in missing.json()["error"]["message"]
+        assert missing.status_code == 400
+        assert missing.json()["error"]["message"] == "messages[0].content[0]: the image could not be fetched from its URL"

@@ -1,8 +1,11 @@
 """Reading images safely and shaping them the way the recipe says.
 
 `open_image` refuses, with a reason: a path that escapes the image folder, a missing file, a file
-that is not a decodable image (truncated, corrupt) and a decompression bomb (more pixels than
-`max_pixels`, checked from the header before any pixel is decoded).
+that is not a decodable image (truncated, corrupt), a decompression bomb (more pixels than
+`max_pixels`, checked from the header before any pixel is decoded) and a format outside a short
+list. Only the decoders of the listed formats ever see the bytes: Pillow knows some forty formats,
+and a few hand the file to other programs (EPS to Ghostscript) or are rarely exercised parsers, so
+an untrusted file in such a format is refused by name instead of being parsed.
 
 Preprocessing modes (LLaVA's `image_aspect_ratio`):
 * `pad`    — expand to a square with the image processor's mean colour, then resize (LLaVA-1.5);
@@ -14,10 +17,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # about 8000x8000; far above any real training image
+# The formats an image from outside (an upload, a data URL, a fetched URL) may have.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# Files of a data set on disk: the same, plus TIFF (benchmark shards store some images as .tif).
+DATA_IMAGE_FORMATS = IMAGE_FORMATS + ("TIFF",)
 IMAGE_MODES = ("pad", "square", "crop")
 
 
@@ -34,16 +42,20 @@ def resolve_inside(image_folder: str | Path, relative: str) -> Path:
     return candidate
 
 
-def _decode(data: bytes | Path, label: str, max_pixels: int) -> Image.Image:
+def _decode(data: bytes | Path, label: str, max_pixels: int, formats: tuple[str, ...],
+            on_size: Callable[[int, int], None] | None = None) -> Image.Image:
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else data
-        with Image.open(source) as probe:
+        # `formats`: Pillow tries only these decoders, so no other parser ever reads the bytes.
+        with Image.open(source, formats=list(formats)) as probe:
             width, height = probe.size  # from the header only
             if width * height > max_pixels:
                 raise ImageError(
                     f"{label}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
                     "(possible decompression bomb)"
                 )
+            if on_size is not None:
+                on_size(width, height)  # may refuse (e.g. a server's budget of pixels), before decoding
             probe.load()
             return probe.convert("RGB")
     except ImageError:
@@ -52,19 +64,54 @@ def _decode(data: bytes | Path, label: str, max_pixels: int) -> Image.Image:
         raise ImageError(f"{label}: decompression bomb refused ({error})") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: file not found") from None
+    except UnidentifiedImageError:
+        found = sniff_format(data)
+        if found is not None and found not in formats:
+            raise ImageError(f"{label}: the image is {found}, a format refused here; accepted formats: "
+                             f"{', '.join(formats)}") from None
+        if found is not None:
+            raise ImageError(f"{label}: not a readable image (a damaged {found} file)") from None
+        raise ImageError(f"{label}: not a readable image (no accepted format recognises it: {', '.join(formats)})") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{label}: not a readable image ({error})") from None
 
 
-def open_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def sniff_format(data: bytes | Path) -> str | None:
+    """The format Pillow would read `data` as, from its first bytes only (each format's signature
+    test; no decoder runs). None when no format claims the bytes."""
+    if isinstance(data, Path):
+        try:
+            with open(data, "rb") as file:
+                prefix = file.read(16)
+        except OSError:
+            return None
+    else:
+        prefix = data[:16]
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        try:
+            claimed = accept is not None and accept(prefix)
+        except Exception:  # a signature test that chokes on a short prefix claims nothing
+            continue
+        if claimed and not isinstance(claimed, str):
+            return name
+    return None
+
+
+def open_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: tuple[str, ...] = DATA_IMAGE_FORMATS) -> Image.Image:
     path = resolve_inside(image_folder, relative)
     if not path.is_file():
         raise ImageError(f"{relative}: file not found in {Path(image_folder)}")
-    return _decode(path, str(relative), max_pixels)
+    return _decode(path, str(relative), max_pixels, formats)
 
 
-def decode_image_bytes(data: bytes, label: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    return _decode(data, label, max_pixels)
+def decode_image_bytes(data: bytes, label: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
+                       formats: tuple[str, ...] = IMAGE_FORMATS,
+                       on_size: Callable[[int, int], None] | None = None) -> Image.Image:
+    """An RGB image from encoded bytes. `on_size(width, height)` is called after the header checks
+    and before any pixel is decoded; an exception it raises refuses the image."""
+    return _decode(data, label, max_pixels, formats, on_size)
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -18,6 +18,9 @@ CHAT_HELP = "commands: /image PATH (start a new chat about that image), /reset, 
 
 
 def add_infer_subcommands(subparsers) -> None:
+    from crystalvlm.infer.limits import ServerLimits
+
+    defaults = ServerLimits()
     generate = subparsers.add_parser("generate", help="answer one question about an image")
     _add_model_arguments(generate)
     generate.add_argument("--image", help="an image file (optional: text-only questions work too)")
@@ -33,17 +36,42 @@ def add_infer_subcommands(subparsers) -> None:
     chat.add_argument("--decoding", default="greedy", help="greedy | sample:... | beam:num_beams=3 | opera | vcd:alpha=1 ...")
     chat.set_defaults(func=run_chat)
 
-    serve = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with a web chat page")
+    serve = subparsers.add_parser("serve", help="an OpenAI-compatible HTTP server with a web chat page",
+                                  description="An OpenAI-compatible HTTP server with a web chat page. Every limit "
+                                              "below is the server's: no request can raise it.")
     _add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    serve.add_argument("--api-key", default=os.environ.get("CRYSTALVLM_API_KEY"),
-                       help="require 'Authorization: Bearer KEY' (default: $CRYSTALVLM_API_KEY)")
-    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data URLs only)")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (default: %(default)s)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' on /v1 (default: $CRYSTALVLM_API_KEY if set, else no key)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a name the Host header may carry, besides localhost, 127.0.0.1, ::1, the --host name and "
+                            "any IP address; repeat for more, '*' for any (default: none)")
     serve.add_argument("--model-name", help="the model id clients send (default: <run>-<stage> for a checkpoint "
                                             "that crystalvlm train wrote, else the checkpoint folder's name)")
-    serve.add_argument("--batch-size", type=int, default=8, help="requests generated together")
-    serve.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
+    serve.add_argument("--batch-size", type=int, default=8, help="requests generated together (default: %(default)s)")
+    serve.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for (default: %(default)s)")
+    serve.add_argument("--max-prompt-tokens", type=int, default=defaults.max_prompt_tokens,
+                       help="prompt tokens at most, images included (default: %(default)s)")
+    serve.add_argument("--max-request-mib", type=float, default=defaults.max_request_bytes / 2**20,
+                       help="largest request body in MiB, images included (default: %(default)s)")
+    serve.add_argument("--max-image-mib", type=float, default=defaults.max_image_bytes / 2**20,
+                       help="largest image in MiB, as sent (default: %(default)s)")
+    serve.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                       help="largest image in pixels, width x height, read before decoding (default: %(default)s)")
+    serve.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request (default: %(default)s)")
+    serve.add_argument("--max-concurrent-requests", type=int, default=defaults.max_concurrent_requests,
+                       help="requests being answered at once; more get 503 (default: %(default)s)")
+    serve.add_argument("--max-pending-pixels", type=int, default=defaults.max_pending_pixels,
+                       help="decoded image pixels all requests being answered may hold together; more get 503 "
+                            "(default: %(default)s)")
+    serve.add_argument("--allow-remote-images", action="store_true",
+                       help="fetch http(s) image URLs, from public addresses only (default: off, data URLs only)")
+    serve.add_argument("--remote-image-network", action="append", default=[], metavar="CIDR",
+                       help="a non-public network remote images may come from too, e.g. 10.1.0.0/16; repeat for more "
+                            "(default: none)")
+    serve.add_argument("--remote-image-timeout", type=float, default=defaults.remote_image_timeout_s,
+                       help="seconds for fetching all the remote images of a request (default: %(default)s)")
     serve.set_defaults(func=run_serve)
 
 
@@ -162,16 +190,50 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from crystalvlm.infer.openai_protocol import ServerLimits
-    from crystalvlm.infer.server import build_app
+    from crystalvlm.infer.server import LOCAL_HOSTS, build_app
 
+    limits = server_limits(args)  # checked before the model loads
+    api_key = args.api_key or os.environ.get("CRYSTALVLM_API_KEY") or None
     engine = _load_engine(args, batch_size=args.batch_size)
     model_name = args.model_name or checkpoint_name(args.model)
-    limits = ServerLimits(allow_remote_images=args.allow_remote_images, max_tokens=args.max_tokens,
-                          default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens))
-    app = build_app(engine, model_name, api_key=args.api_key, limits=limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    allowed_hosts = [*LOCAL_HOSTS, *args.allowed_host]
+    if args.host not in ("0.0.0.0", "::", ""):
+        allowed_hosts.append(args.host)
+    app = build_app(engine, model_name, api_key=api_key, limits=limits, allowed_hosts=allowed_hosts)
+    if args.host not in LOCAL_HOSTS and not api_key:
         print(f"warning: serving on {args.host} without an API key", file=sys.stderr)
     print(f"serving {model_name} on http://{args.host}:{args.port}/ (chat page) and /v1/chat/completions", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def server_limits(args: argparse.Namespace):
+    """The serve options as ServerLimits; ValueError names a bad one."""
+    import ipaddress
+
+    from crystalvlm.infer.limits import ServerLimits
+
+    for name in ("max_tokens", "max_prompt_tokens", "max_request_mib", "max_image_mib", "max_image_pixels", "max_images",
+                 "max_concurrent_requests", "max_pending_pixels", "remote_image_timeout", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for network in args.remote_image_network:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(f"--remote-image-network {network!r} is not a network such as 10.1.0.0/16") from None
+    return ServerLimits(
+        max_request_bytes=int(args.max_request_mib * 2**20),
+        max_image_bytes=int(args.max_image_mib * 2**20),
+        max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        default_max_tokens=min(ServerLimits.default_max_tokens, args.max_tokens),
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_pending=args.max_concurrent_requests,
+        max_pending_pixels=args.max_pending_pixels,
+        allow_remote_images=args.allow_remote_images,
+        remote_image_timeout_s=args.remote_image_timeout,
+        remote_image_networks=tuple(args.remote_image_network),
+    )

@@ -1,11 +1,18 @@
-"""OpenAI Chat Completions, as far as this server speaks it: request checking and response shapes.
+"""OpenAI Chat Completions, as far as this server speaks it: the schema, request checking, responses.
 
+The request and response shapes are pydantic models (they are also the server's OpenAPI schema).
 Everything a client can get wrong is found here, before any model work, and reported as an
 `ApiError` carrying the HTTP status and OpenAI's error body:
-`{"error": {"message", "type", "param", "code"}}`. Images arrive as `image_url` parts; only `data:`
-URLs are decoded unless the operator allows remote URLs, and every image is checked against the
-byte and pixel limits (pixel count read from the header, so decompression bombs are refused before
-decoding).
+`{"error": {"message", "type", "param", "code"}}`, where `param` names the place in the request
+(`messages[1].content[0].image_url`). A request is checked in this order, cheapest first: the JSON
+and its types (pydantic), the model name, the counts (messages, images, stop strings), the length
+of the text in characters (a bound no prompt within the token limit exceeds), the decoding
+settings. Tokenising, fetching and decoding images come later, in the server.
+
+Images arrive as `image_url` parts; `data:` URLs are decoded, and `http(s)` URLs are fetched only
+when the operator allows it (remote_images.py). Every image is checked against the byte and pixel
+limits, the pixel count read from the header before decoding, and only the formats in
+`data.images.IMAGE_FORMATS` are decoded.
 
 Beyond OpenAI's fields the request may carry `"decoding"`: a decoding string such as `"opera"` or
 `"vcd:alpha=1"` (see decoding/config.py). Without it, `temperature` > 0 samples and a missing or zero
@@ -19,52 +26,187 @@ import binascii
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Callable, Literal, Union
 
+import anyio
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from crystalvlm.data.images import ImageError, decode_image_bytes
+from crystalvlm.data.images import IMAGE_FORMATS, ImageError, decode_image_bytes
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
 from crystalvlm.infer.decoding.config import DecodingConfig, DecodingConfigError
+from crystalvlm.infer.limits import ServerLimits
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    max_request_bytes: int = 64 * 2**20  # whole JSON body
-    max_image_bytes: int = 16 * 2**20  # one image, after base64 decoding
-    max_image_pixels: int = 25_000_000  # width * height from the header (decompression bombs)
-    max_images: int = 4  # per request
-    max_messages: int = 64
-    max_prompt_tokens: int = 4096  # image tokens included
-    max_tokens: int = 1024  # upper bound of max_tokens / max_completion_tokens
-    default_max_tokens: int = 256
-    max_stop_strings: int = 4
-    max_pending: int = 1024  # queued requests before the server answers 503
-    batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
-    allow_remote_images: bool = False
-    remote_image_timeout_s: float = 10.0
-
-
 class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.kind = kind
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.kind, self.param, self.code)
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code)).model_dump()
 
 
+# ---------------------------------------------------------------------------- the request schema
+def _by_json_type(message: str, **branches: Any) -> Any:
+    """A union chosen by the JSON type of the value ("string", "array", "object"): one branch's errors,
+    or `message` when the value has none of the types."""
+    def kind(value: Any) -> str | None:
+        found = {str: "string", list: "array", dict: "object"}.get(type(value))
+        if found is None and isinstance(value, BaseModel):
+            found = "object"
+        return found if found in branches else None
+
+    members = tuple(Annotated[branch, Tag(name)] for name, branch in branches.items())
+    return Annotated[Union[members], Discriminator(kind, custom_error_type="wrong_type", custom_error_message=message)]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(BaseModel):
+    url: str = Field(description="data:image/png;base64,... (or http(s):// when the server allows remote images)")
+    detail: str | None = Field(None, description="accepted and ignored")
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: _by_json_type("must be an object with a 'url' string", object=ImageUrl, string=str)
+
+
+def _part_kind(value: Any) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return {"text": "text part", "image_url": "image part"}.get(kind) if isinstance(kind, str) else None
+
+
+ContentPart = Annotated[
+    Union[Annotated[TextPart, Tag("text part")], Annotated[ImagePart, Tag("image part")]],
+    Discriminator(_part_kind, custom_error_type="wrong_part", custom_error_message="must be a part with type 'text' or 'image_url'"),
+]
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: _by_json_type("must be a string or a non-empty array of parts", string=str,
+                           array=Annotated[list[ContentPart], Field(min_length=1)])
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields this server reads; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    model: str = Field(min_length=1, description="the id from /v1/models")
+    messages: list[Message] = Field(min_length=1, description="the conversation; the last message is the user's")
+    max_tokens: int | None = Field(None, description="new tokens at most (up to the server's limit)",
+                                   json_schema_extra={"minimum": 1})
+    max_completion_tokens: int | None = Field(None, description="the same as max_tokens; wins over it",
+                                              json_schema_extra={"minimum": 1})
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="> 0 samples; 0 or absent decodes greedily")
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int | None = None
+    n: int | None = Field(None, description="must be 1")
+    stop: _by_json_type("must be a string or an array of strings", string=str, array=list[str]) | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = Field(None, description="not supported")
+    decoding: str | None = Field(None, description="crystalvlm: a decoding string such as 'beam:num_beams=3', 'opera', 'vcd'")
+
+
+# ---------------------------------------------------------------------------- the response schema
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    decoding: str = Field(description="crystalvlm: the decoding settings used, in full")
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed answer (`data: {...}`), then `data: [DONE]`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = Field(None, description="only in the last chunk, with stream_options.include_usage")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "crystalvlm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---------------------------------------------------------------------------- parsing
 @dataclass
 class ImageReference:
     """An image part before decoding: a data URL's bytes, or a remote URL to fetch."""
@@ -85,80 +227,67 @@ class ChatRequest:
     decoded_images: list[Image.Image] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------- parsing
-def parse_chat_request(payload: Any, model_name: str, limits: ServerLimits) -> ChatRequest:
-    if not isinstance(payload, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "'model' is required and must be a string", "model")
-    if model != model_name:
-        raise ApiError(404, f"the model {model!r} does not exist; this server serves {model_name!r}", "model", "model_not_found")
-    n = payload.get("n", 1)
-    if n not in (1, None):
-        raise ApiError(400, f"'n' must be 1 (one answer per request), got {n!r}", "n")
-    if payload.get("logprobs"):
+def parse_chat_request(body: bytes, model_name: str, limits: ServerLimits) -> ChatRequest:
+    """Check a request body (JSON bytes); ApiError names the first problem. Runs off the event loop."""
+    try:
+        request = ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise _api_error(error) from None
+    if request.model != model_name:
+        raise ApiError(404, f"the model {_short(request.model)} does not exist; this server serves {model_name!r}",
+                       "model", "model_not_found")
+    if request.n not in (1, None):
+        raise ApiError(400, f"'n' must be 1 (one answer per request), got {request.n!r}", "n")
+    if request.logprobs:
         raise ApiError(400, "'logprobs' is not supported by this server", "logprobs")
-    stream = _optional(payload, "stream", bool, False)
-    stream_options = _optional(payload, "stream_options", dict, None) or {}
-    include_usage = bool(stream_options.get("include_usage", False))
-    turns, images = _parse_messages(payload.get("messages"), limits)
-    config = _decoding_config(payload, limits)
-    stop_strings = _stop_strings(payload.get("stop"), limits)
-    return ChatRequest(turns, images, config, stream, include_usage, stop_strings)
+    turns, images = _turns_and_images(request.messages, limits)
+    stop_strings = _stop_strings(request.stop, limits)
+    config = _decoding_config(request, limits)
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    return ChatRequest(turns, images, config, bool(request.stream), include_usage, stop_strings)
 
 
-def _parse_messages(messages: Any, limits: ServerLimits) -> tuple[list[Turn], list[ImageReference]]:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty array", "messages")
+def _turns_and_images(messages: list[Message], limits: ServerLimits) -> tuple[list[Turn], list[ImageReference]]:
     if len(messages) > limits.max_messages:
         raise ApiError(400, f"{len(messages)} messages; at most {limits.max_messages} are accepted", "messages")
     turns: list[Turn] = []
     images: list[ImageReference] = []
+    characters = 0
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise ApiError(400, f"{where} must be an object", where)
-        role = ROLES.get(message.get("role"))
-        if role is None:
-            raise ApiError(400, f"{where}.role must be one of {sorted(ROLES)}, got {message.get('role')!r}", f"{where}.role")
-        text, message_images = _parse_content(message.get("content"), where, role)
+        role = ROLES[message.role]
+        content = message.content
+        if isinstance(content, str):
+            _refuse_placeholder(content, f"{where}.content")
+            texts, message_images = [content], []
+        else:
+            texts, message_images = [], []
+            for part_index, part in enumerate(content):
+                part_where = f"{where}.content[{part_index}]"
+                if isinstance(part, TextPart):
+                    _refuse_placeholder(part.text, f"{part_where}.text")
+                    texts.append(part.text)
+                elif role != "user":
+                    raise ApiError(400, f"{part_where}: only user messages may carry images", part_where)
+                else:
+                    if len(images) + len(message_images) >= limits.max_images:
+                        raise ApiError(400, f"more than {limits.max_images} images in one request", "messages")
+                    url = part.image_url.url if isinstance(part.image_url, ImageUrl) else part.image_url
+                    message_images.append(ImageReference(part_where, url=url))
+        text = "\n".join(texts)
+        characters += len(text)
+        if limits.max_prompt_chars is not None and characters > limits.max_prompt_chars:
+            raise ApiError(400, f"the messages have over {limits.max_prompt_chars} characters of text, more than "
+                                f"{limits.max_prompt_tokens} tokens' worth; this server accepts at most "
+                                f"{limits.max_prompt_tokens} tokens", "messages", "context_length_exceeded")
         images += message_images
-        if len(images) > limits.max_images:
-            raise ApiError(400, f"more than {limits.max_images} images in one request", "messages")
         # LLaVA's convention: each image becomes "<image>\n" in front of the text of its message.
         turns.append(Turn(role, (IMAGE_PLACEHOLDER + "\n") * len(message_images) + text))
     if turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", "messages")
+    for reference in images:
+        _read_image_url(reference, limits)
     return turns, images
-
-
-def _parse_content(content: Any, where: str, role: str) -> tuple[str, list[ImageReference]]:
-    if isinstance(content, str):
-        _refuse_placeholder(content, f"{where}.content")
-        return content, []
-    if not isinstance(content, list) or not content:
-        raise ApiError(400, f"{where}.content must be a string or a non-empty array of parts", f"{where}.content")
-    texts: list[str] = []
-    images: list[ImageReference] = []
-    for part_index, part in enumerate(content):
-        part_where = f"{where}.content[{part_index}]"
-        if not isinstance(part, dict):
-            raise ApiError(400, f"{part_where} must be an object", part_where)
-        kind = part.get("type")
-        if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise ApiError(400, f"{part_where}.text must be a string", f"{part_where}.text")
-            _refuse_placeholder(text, f"{part_where}.text")
-            texts.append(text)
-        elif kind == "image_url":
-            if role != "user":
-                raise ApiError(400, f"{part_where}: only user messages may carry images", part_where)
-            images.append(_image_reference(part.get("image_url"), part_where))
-        else:
-            raise ApiError(400, f"{part_where}.type must be 'text' or 'image_url', got {kind!r}", f"{part_where}.type")
-    return "\n".join(texts), images
 
 
 def _refuse_placeholder(text: str, where: str) -> None:
@@ -166,123 +295,178 @@ def _refuse_placeholder(text: str, where: str) -> None:
         raise ApiError(400, f"{where} contains {IMAGE_PLACEHOLDER!r}; send images as image_url parts", where)
 
 
-def _image_reference(value: Any, where: str) -> ImageReference:
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str) or not url:
-        raise ApiError(400, f"{where}.image_url.url must be a string", f"{where}.image_url")
+def _read_image_url(reference: ImageReference, limits: ServerLimits) -> None:
+    """A data URL's bytes into `reference.data`; an http(s) URL stays for fetching (when allowed)."""
+    url, where, param = reference.url or "", reference.where, f"{reference.where}.image_url"
     if url.startswith("data:"):
         header, comma, encoded = url.partition(",")
         if not comma or not header.endswith(";base64"):
-            raise ApiError(400, f"{where}: a data URL must look like data:image/png;base64,<data>", f"{where}.image_url")
+            raise ApiError(400, f"{where}: a data URL must look like data:image/png;base64,<data>", param)
         if not header[5:].startswith("image/"):
-            raise ApiError(400, f"{where}: the data URL's media type {header[5:-7]!r} is not an image", f"{where}.image_url")
+            raise ApiError(400, f"{where}: the data URL's media type {_short(header[5:-7])} is not an image", param)
+        if len(encoded) // 4 * 3 > limits.max_image_bytes + 3:  # checked before decoding the base64
+            raise ApiError(413, f"{where}: the image has about {len(encoded) // 4 * 3} bytes, over the limit of "
+                                f"{limits.max_image_bytes}", where, "image_too_large")
         try:
-            data = base64.b64decode(encoded, validate=True)
+            reference.data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise ApiError(400, f"{where}: the data URL is not valid base64", f"{where}.image_url") from None
-        return ImageReference(where, data=data)
-    if url.startswith(("http://", "https://")):
-        return ImageReference(where, url=url)
-    raise ApiError(400, f"{where}: unsupported image URL scheme (use data:image/...;base64,...)", f"{where}.image_url")
+            raise ApiError(400, f"{where}: the data URL is not valid base64", param) from None
+        if len(reference.data) > limits.max_image_bytes:
+            raise ApiError(413, f"{where}: the image has {len(reference.data)} bytes, over the limit of "
+                                f"{limits.max_image_bytes}", where, "image_too_large")
+        reference.url = None
+    elif url.startswith(("http://", "https://")):
+        if not limits.allow_remote_images:
+            raise ApiError(400, f"{where}: remote image URLs are refused by this server; send the image inline "
+                                "as a data:image/...;base64 URL", where, "remote_image_refused")
+    else:
+        raise ApiError(400, f"{where}: unsupported image URL scheme (use data:image/...;base64,...)", param)
 
 
-def _decoding_config(payload: dict, limits: ServerLimits) -> DecodingConfig:
-    max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
+def _decoding_config(request: ChatCompletionRequest, limits: ServerLimits) -> DecodingConfig:
+    max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limits.max_tokens:
-        raise ApiError(400, f"'max_tokens' must be an integer from 1 to {limits.max_tokens}, got {max_tokens!r}", "max_tokens")
-    temperature = _optional_number(payload, "temperature", 0.0, 2.0)
-    top_p = _optional_number(payload, "top_p", 0.0, 1.0)
-    seed = payload.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ApiError(400, f"'seed' must be an integer, got {seed!r}", "seed")
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise ApiError(400, f"'max_tokens' must be an integer from 1 to {limits.max_tokens}, got {_short(max_tokens)}",
+                       "max_tokens")
     common: dict[str, Any] = {"max_new_tokens": max_tokens}
-    if temperature:
-        common["temperature"] = temperature
-    if top_p:
-        common["top_p"] = top_p
-    if seed is not None:
-        common["seed"] = seed
-    decoding = payload.get("decoding")
+    if request.temperature:
+        common["temperature"] = request.temperature
+    if request.top_p:
+        common["top_p"] = request.top_p
+    if request.seed is not None:
+        common["seed"] = request.seed
+    decoding = request.decoding
     if decoding is None:
-        decoding = "sample" if temperature else "greedy"
-    if not isinstance(decoding, str):
-        raise ApiError(400, f"'decoding' must be a string such as 'greedy', 'beam:num_beams=3', 'opera' or 'vcd', got {decoding!r}", "decoding")
+        decoding = "sample" if request.temperature else "greedy"
     try:
         return DecodingConfig.parse(decoding, **common)
     except (DecodingConfigError, TypeError) as error:
         raise ApiError(400, f"bad decoding settings: {error}", "decoding") from None
 
 
-def _stop_strings(stop: Any, limits: ServerLimits) -> tuple[str, ...]:
+def _stop_strings(stop: str | list[str] | None, limits: ServerLimits) -> tuple[str, ...]:
     if stop is None:
         return ()
     if isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(item, str) and item for item in stop):
-        raise ApiError(400, "'stop' must be a non-empty string or an array of them", "stop")
     if len(stop) > limits.max_stop_strings:
-        raise ApiError(400, f"at most {limits.max_stop_strings} stop strings", "stop")
+        raise ApiError(400, f"{len(stop)} stop strings; at most {limits.max_stop_strings} are accepted", "stop")
+    for index, item in enumerate(stop):
+        if not item:
+            raise ApiError(400, "'stop' must be a non-empty string or an array of them", "stop")
+        if len(item) > limits.max_stop_chars:
+            raise ApiError(400, f"stop string {index} has {len(item)} characters; at most {limits.max_stop_chars} "
+                                "are accepted", "stop")
     return tuple(stop)
 
 
-def _optional(payload: dict, key: str, kind: type, default: Any) -> Any:
-    value = payload.get(key, default)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise ApiError(400, f"'{key}' must be a {kind.__name__}, got {value!r}", key)
-    return value
+# ---------------------------------------------------------------------------- pydantic's errors, OpenAI's way
+EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string", "bool_type": "a boolean",
+    "list_type": "an array", "dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
+}
+RANGES = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "over"),
+          "less_than_equal": ("le", "at most"), "less_than": ("lt", "under")}
 
 
-def _optional_number(payload: dict, key: str, low: float, high: float) -> float | None:
-    value = payload.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-        raise ApiError(400, f"'{key}' must be a number from {low} to {high}, got {value!r}", key)
-    return float(value)
+def _api_error(error: ValidationError) -> ApiError:
+    """The first problem pydantic found, as an ApiError naming its place (`messages[0].content[1].type`)."""
+    first = error.errors(include_url=False)[0]
+    kind, ctx, value = first["type"], first.get("ctx") or {}, first.get("input")
+    path = [item for item in first["loc"] if isinstance(item, int) or item in _FIELD_NAMES]
+    if kind == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {ctx.get('error', first['msg'])}", code="invalid_json")
+    if not path:
+        return ApiError(400, "the request body must be a JSON object")
+    param = "".join(f"[{item}]" if isinstance(item, int) else f".{item}" for item in path).lstrip(".")
+    if kind == "missing":
+        return ApiError(400, f"'{param}' is required", param)
+    if kind in ("wrong_type", "wrong_part"):
+        expected = first["msg"].removeprefix("must be ")
+    elif kind == "literal_error":
+        expected = ctx["expected"]
+    elif kind == "too_short":
+        expected = "a non-empty array" if isinstance(value, list) else "a non-empty string"
+    elif kind in RANGES:
+        expected = _range(path, kind, ctx)
+    else:
+        expected = EXPECTED.get(kind)
+    if expected is None:
+        return ApiError(400, f"'{param}': {first['msg'][:1].lower()}{first['msg'][1:]}, got {_short(value)}", param)
+    return ApiError(400, f"'{param}' must be {expected}, got {_short(value)}", param)
+
+
+def _range(path: list, kind: str, ctx: dict) -> str:
+    """'a number from 0.0 to 2.0' for a top-level field with both bounds; else the one bound broken."""
+    field_info = ChatCompletionRequest.model_fields.get(path[0]) if len(path) == 1 else None
+    bounds = {}
+    for item in field_info.metadata if field_info else ():
+        for name in ("ge", "le"):
+            if getattr(item, name, None) is not None:
+                bounds[name] = float(getattr(item, name))
+    if "ge" in bounds and "le" in bounds:
+        return f"a number from {bounds['ge']} to {bounds['le']}"
+    name, words = RANGES[kind]
+    return f"{words} {ctx.get(name)}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A client's value as it goes into a message: repr, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        text = "<a very long number>"
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
+
+
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for model in models for name in model.model_fields)
+
+
+_FIELD_NAMES = _field_names(ChatCompletionRequest, Message, TextPart, ImagePart, ImageUrl, StreamOptions)
 
 
 # ---------------------------------------------------------------------------- images
-def decode_images(references: list[ImageReference], limits: ServerLimits) -> list[Image.Image]:
-    """Decode (fetching remote ones when allowed); ApiError names the failing part."""
+async def fetch_remote_images(references: list[ImageReference], limits: ServerLimits) -> None:
+    """Fetch the bytes of the references that are http(s) URLs, all within one deadline."""
+    from crystalvlm.infer import remote_images
+
+    remote = [reference for reference in references if reference.url is not None]
+    if not remote:
+        return
+    policy = remote_images.FetchPolicy(limits.max_image_bytes, limits.remote_image_timeout_s, limits.remote_image_networks)
+    current = remote[0]
+    try:
+        with anyio.fail_after(policy.deadline_s):
+            async with remote_images.new_client(policy) as client:
+                for current in remote:
+                    current.data = await remote_images.fetch(current.url, policy, client)
+    except remote_images.RemoteImageError as error:
+        remote_images.log.info("remote image %s refused: %s", current.where, error.reason)
+        raise ApiError(400, f"{current.where}: {error.public}", f"{current.where}.image_url", "remote_image_unavailable") from None
+    except TimeoutError:
+        remote_images.log.info("remote image %s refused: over the deadline of %s s", current.where, policy.deadline_s)
+        raise ApiError(400, f"{current.where}: {remote_images.GENERIC}", f"{current.where}.image_url",
+                       "remote_image_unavailable") from None
+
+
+def decode_images(references: list[ImageReference], limits: ServerLimits,
+                  hold_pixels: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+    """Decode (data URLs, or remote ones once fetched); ApiError names the failing part. `hold_pixels`
+    reserves an image's pixels from its header before it is decoded (and may refuse)."""
     images = []
     for reference in references:
-        data = reference.data
-        if reference.url is not None:
-            data = _fetch(reference, limits)
-        if len(data) > limits.max_image_bytes:
-            raise ApiError(413, f"{reference.where}: the image has {len(data)} bytes, over the limit of {limits.max_image_bytes}",
-                           reference.where, "image_too_large")
         try:
-            images.append(decode_image_bytes(data, reference.where, limits.max_image_pixels))
+            images.append(decode_image_bytes(reference.data, reference.where, limits.max_image_pixels,
+                                             IMAGE_FORMATS, hold_pixels))
         except ImageError as error:
             raise ApiError(400, str(error), reference.where, "invalid_image") from None
     return images
-
-
-def _fetch(reference: ImageReference, limits: ServerLimits) -> bytes:
-    if not limits.allow_remote_images:
-        raise ApiError(400, f"{reference.where}: remote image URLs are refused by this server; send the image inline "
-                            "as a data:image/...;base64 URL", reference.where, "remote_image_refused")
-    import httpx
-
-    try:
-        with httpx.stream("GET", reference.url, timeout=limits.remote_image_timeout_s, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise ApiError(400, f"{reference.where}: fetching the image gave HTTP {response.status_code}", reference.where)
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limits.max_image_bytes:
-                    raise ApiError(413, f"{reference.where}: the remote image is over {limits.max_image_bytes} bytes",
-                                   reference.where, "image_too_large")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as error:
-        raise ApiError(400, f"{reference.where}: could not fetch the image ({error})", reference.where) from None
 
 
 # ---------------------------------------------------------------------------- responses
@@ -292,40 +476,29 @@ def new_completion_id() -> str:
 
 def completion_body(completion_id: str, model_name: str, text: str, finish_reason: str,
                     prompt_tokens: int, completion_tokens: int, decoding: str) -> dict:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": openai_finish_reason(finish_reason),
-            "logprobs": None,
-        }],
-        "usage": usage(prompt_tokens, completion_tokens),
-        "decoding": decoding,
-    }
+    return ChatCompletion(
+        id=completion_id, created=int(time.time()), model=model_name,
+        choices=[Choice(index=0, message=AssistantMessage(content=text), finish_reason=openai_finish_reason(finish_reason))],
+        usage=usage(prompt_tokens, completion_tokens), decoding=decoding,
+    ).model_dump()
 
 
 def chunk_body(completion_id: str, model_name: str, created: int, delta: dict, finish_reason: str | None = None) -> dict:
-    return {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model_name,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
-                     "logprobs": None}],
-    }
+    choice = ChunkChoice(index=0, delta=Delta(**delta),
+                         finish_reason=openai_finish_reason(finish_reason) if finish_reason else None, logprobs=None)
+    chunk = ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created, model=model_name,
+                                choices=[choice])
+    return chunk.model_dump(exclude_unset=True)
 
 
 def usage_chunk_body(completion_id: str, model_name: str, created: int, prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
-            "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+    chunk = ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created, model=model_name,
+                                choices=[], usage=usage(prompt_tokens, completion_tokens))
+    return chunk.model_dump(exclude_unset=True)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
 
 
 def openai_finish_reason(reason: str) -> str:
@@ -333,8 +506,8 @@ def openai_finish_reason(reason: str) -> str:
 
 
 def models_body(model_name: str, created: int) -> dict:
-    return {"object": "list", "data": [model_object(model_name, created)]}
+    return ModelList(data=[ModelCard(id=model_name, created=created)]).model_dump()
 
 
 def model_object(model_name: str, created: int) -> dict:
-    return {"id": model_name, "object": "model", "created": created, "owned_by": "crystalvlm"}
+    return ModelCard(id=model_name, created=created).model_dump()

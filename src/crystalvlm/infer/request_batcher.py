@@ -4,6 +4,8 @@ HTTP handlers `submit` jobs and await them. The worker takes the first waiting j
 `wait_s` for more to arrive (up to the engine's batch size), groups them by decoding settings (a
 batch shares one strategy) and runs each group through `engine.generate`. Streamed text and the
 final result are handed back to the event loop of the handler that asked for them, thread-safely.
+A job cancelled (`cancel`, when its client has gone) is skipped if it is still waiting, and stops
+at its next token if it is being generated.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class RequestBatcher:
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.largest_batch = 0
+        self.cancelled = 0  # jobs cancelled by their handler (the client went away)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -86,6 +89,14 @@ class RequestBatcher:
         except queue.Full:
             raise QueueFull(f"{self._jobs.maxsize} requests are already waiting") from None
         return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop working on `job`: skipped if still queued, stopped at its next token if running."""
+        if job.request.cancel is None:
+            job.request.cancel = threading.Event()
+        if not job.request.cancel.is_set():
+            job.request.cancel.set()
+            self.cancelled += 1
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:

@@ -4,36 +4,74 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Routes: `POST /v1/chat/completions` (streamed as server-sent events in OpenAI's chunk format when
-`"stream": true`), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, and `GET /` (the chat page).
+`"stream": true`), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /` (the chat page),
+`GET /openapi.json` (the schema, from the pydantic models of openai_protocol.py) and `GET /docs`
+(a page that shows it; it loads nothing from elsewhere, so it works offline).
 With an API key, the `/v1` routes want `Authorization: Bearer <key>` and answer 401 without it.
-Every refusal is a 4xx with OpenAI's error body; the server keeps serving after any of them.
-Concurrent requests are batched together by a background worker (request_batcher.py).
+Every refusal is a 4xx (503 when busy) with OpenAI's error body; the server keeps serving after any
+of them. Concurrent requests are batched together by a background worker (request_batcher.py).
+
+Limits. All are the operator's (`ServerLimits`, `crystalvlm serve --help`); no request can change them.
+
+* Body: at most `max_request_bytes`, refused while it arrives; parsed and checked off the event loop.
+* Text: message count, then characters (`max_prompt_chars`, a bound no prompt within
+  `max_prompt_tokens` exceeds) before anything is tokenised, then tokens, images included.
+* Stop strings: how many, and how long each (matching them costs grows with the square of the length).
+* Images: how many per request, bytes each, pixels each (from the header, before decoding), and the
+  decoded pixels all requests being answered hold together (`max_pending_pixels`); only PNG, JPEG,
+  WebP, GIF and BMP are decoded. Remote images are fetched only when allowed, from public addresses
+  only, with one deadline and no redirects (remote_images.py).
+* Load: requests being answered at once (`max_concurrent_requests`) and waiting in the batcher
+  (`max_pending`); over either, 503 with `Retry-After`.
+* Clients that hang up: a streamed answer stops when its stream is closed, a plain one when the
+  connection is seen closed while it waits; either way its generation is cancelled.
+
+Browsers. A key-less server on localhost is reachable from any web page the user opens. Two checks
+keep such pages out: a POST must say `Content-Type: application/json` (a page can send text/plain
+without asking, but JSON only after a CORS preflight, which this server never grants), and the `Host`
+header must be a name the server answers to (`allowed_hosts`: localhost, the bound host, names the
+operator adds) or a literal IP address, so a page on a domain rebound to 127.0.0.1 is refused.
+
+Failures. An unexpected error answers 500 with a generic message; the details go to the server log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import html
+import ipaddress
 import json
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crystalvlm.infer.engine import GenerationEngine, GenerationRequest, RequestError
+from crystalvlm.infer.limits import Admission, Busy
 from crystalvlm.infer.openai_protocol import (
     ApiError,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
     ServerLimits,
     chunk_body,
     completion_body,
     decode_images,
     error_body,
+    fetch_remote_images,
     model_object,
     models_body,
     new_completion_id,
@@ -42,10 +80,21 @@ from crystalvlm.infer.openai_protocol import (
 )
 from crystalvlm.infer.request_batcher import QueueFull, RequestBatcher
 
+log = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+DISCONNECT_POLL_S = 0.25  # how often a waiting plain request looks whether its client is still there
+INTERNAL_ERROR = "the server failed while answering this request; the details are in the server log"
+
 
 def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = None,
-              limits: ServerLimits = ServerLimits()) -> FastAPI:
+              limits: ServerLimits = ServerLimits(), allowed_hosts: Iterable[str] = LOCAL_HOSTS) -> FastAPI:
+    """`allowed_hosts`: the names the Host header may carry (IP addresses are always accepted); "*"
+    accepts any."""
+    if limits.max_prompt_chars is None:
+        limits = dataclasses.replace(limits, max_prompt_chars=prompt_chars_bound(engine, limits.max_prompt_tokens))
     batcher = RequestBatcher(engine, wait_s=limits.batch_wait_ms / 1000, max_pending=limits.max_pending)
+    admission = Admission(limits.max_concurrent_requests, limits.max_pending_pixels)
     started = int(time.time())
 
     @asynccontextmanager
@@ -56,22 +105,26 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
         finally:
             batcher.stop()
 
-    app = FastAPI(title="crystalvlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="crystalvlm", summary=f"an OpenAI-compatible server for {model_name}", lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.batcher = batcher
     app.state.limits = limits
+    app.state.admission = admission
+    app.add_middleware(HostCheck, allowed=allowed_hosts)
 
     # ------------------------------------------------------------------ errors in OpenAI's shape
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(error_body(str(error.detail), code=str(error.status_code)), status_code=error.status_code)
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse(error_body(f"internal error: {type(error).__name__}: {error}", "server_error"), status_code=500)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse(error_body(INTERNAL_ERROR, "server_error"), status_code=500)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -81,10 +134,15 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise ApiError(401, "missing or incorrect API key; send 'Authorization: Bearer <key>'", code="invalid_api_key")
 
+    errors = {status: {"model": ErrorResponse, "description": description} for status, description in (
+        (400, "a refused request"), (401, "no or a wrong API key"), (404, "an unknown model"),
+        (413, "a body or an image over the limits"), (415, "not Content-Type: application/json"),
+        (503, "busy: retry later"))}
+
     # ------------------------------------------------------------------ routes
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def chat_page() -> HTMLResponse:
-        page = resources.files("crystalvlm.infer").joinpath("static/chat.html").read_text(encoding="utf-8")
+        page = _static("chat.html")
         # The name goes into HTML text and a JavaScript string: escaped for each.
         page = page.replace("{{MODEL_NAME_JSON}}", json.dumps(model_name).replace("<", "\\u003c"))
         page = page.replace("{{MODEL_NAME}}", html.escape(model_name))
@@ -93,53 +151,123 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
         page = page.replace("{{DEFAULT_MAX_TOKENS}}", str(min(128, limits.max_tokens)))
         return HTMLResponse(page.replace("{{NEEDS_KEY}}", "true" if api_key else "false"))
 
-    @app.get("/health")
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        return HTMLResponse(_static("docs.html").replace("{{MODEL_NAME}}", html.escape(model_name)))
+
+    @app.get("/health", summary="whether the server is up, and how many requests wait")
     async def health() -> dict:
         return {"status": "ok", "model": model_name, "pending": batcher.pending}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses={401: errors[401]}, summary="the model served")
     async def list_models(request: Request) -> dict:
         check_key(request)
         return models_body(model_name, started)
 
-    @app.get("/v1/models/{model_id}")
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, responses={401: errors[401], 404: errors[404]},
+             summary="one model")
     async def get_model(model_id: str, request: Request) -> dict:
         check_key(request)
         if model_id != model_name:
             raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {model_name!r}", "model", "model_not_found")
         return model_object(model_name, started)
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        summary="answer a conversation (images as image_url parts)",
+        description="OpenAI's Chat Completions. With `\"stream\": true` the answer comes as server-sent events, "
+                    "one `ChatCompletionChunk` each, then `data: [DONE]`.",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}},
+        responses={200: {"model": ChatCompletion, "description": "the answer",
+                         "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}}},
+                   **errors},
+    )
     async def chat_completions(request: Request):
         check_key(request)
-        payload = await _read_json(request, limits.max_request_bytes)
-        chat = parse_chat_request(payload, model_name, limits)
-        images = await run_in_threadpool(decode_images, chat.images, limits)
-        generation_request = GenerationRequest(chat.turns, images, cancel=threading.Event(), stop_strings=chat.stop_strings)
-        prompt_tokens = await run_in_threadpool(_prompt_length, engine, generation_request, chat.config.max_new_tokens)
-        if prompt_tokens > limits.max_prompt_tokens:
-            raise ApiError(400, f"the prompt has {prompt_tokens} tokens (images included); this server accepts at most "
-                                f"{limits.max_prompt_tokens}", "messages", "context_length_exceeded")
+        _require_json(request)
         try:
-            job = batcher.submit(generation_request, chat.config, stream=chat.stream)
-        except QueueFull as error:
-            raise ApiError(503, f"the server is busy ({error}); retry later", code="server_overloaded", kind="server_error") from None
-        completion_id = new_completion_id()
-        if chat.stream:
-            return StreamingResponse(
-                _events(job, completion_id, model_name, chat.include_usage),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            ticket = admission.admit()
+        except Busy as error:
+            raise _busy(error) from None
+        handed_to_stream = False
         try:
-            result = await job.result
-        except asyncio.CancelledError:
-            generation_request.cancel.set()
-            raise
-        return completion_body(completion_id, model_name, result.text, result.finish_reason, result.prompt_tokens,
-                               len(result.token_ids), chat.config.describe())
+            body = await _read_body(request, limits.max_request_bytes)
+            chat = await run_in_threadpool(parse_chat_request, body, model_name, limits)
+            del body
+            await fetch_remote_images(chat.images, limits)
+            try:
+                images = await run_in_threadpool(decode_images, chat.images, limits, ticket.hold_pixels)
+            except Busy as error:
+                raise _busy(error) from None
+            chat.images = []  # the encoded bytes are no longer needed
+            generation_request = GenerationRequest(chat.turns, images, cancel=threading.Event(), stop_strings=chat.stop_strings)
+            prompt_tokens = await run_in_threadpool(_prompt_length, engine, generation_request, chat.config.max_new_tokens)
+            if prompt_tokens > limits.max_prompt_tokens:
+                raise ApiError(400, f"the prompt has {prompt_tokens} tokens (images included); this server accepts at most "
+                                    f"{limits.max_prompt_tokens}", "messages", "context_length_exceeded")
+            try:
+                job = batcher.submit(generation_request, chat.config, stream=chat.stream)
+            except QueueFull as error:
+                raise _busy(error) from None
+            completion_id = new_completion_id()
+            if chat.stream:
+                response = StreamingResponse(
+                    _events(job, completion_id, model_name, chat.include_usage, ticket.release),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+                handed_to_stream = True
+                return response
+            result = await _answer_unless_hung_up(request, job, batcher)
+            if result is None:
+                return Response(status_code=499)  # nobody reads it; the status is for the access log
+            return completion_body(completion_id, model_name, result.text, result.finish_reason, result.prompt_tokens,
+                                   len(result.token_ids), chat.config.describe())
+        finally:
+            if not handed_to_stream:
+                ticket.release()
 
+    def openapi() -> dict:
+        """FastAPI's schema, plus the request model (the route reads its body itself, off the event loop)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (ChatCompletionRequest, ChatCompletionChunk):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def prompt_chars_bound(engine: GenerationEngine, max_prompt_tokens: int) -> int:
+    """Characters of text that certainly make more than `max_prompt_tokens` tokens: no token stands for
+    more characters than its vocabulary entry has (byte-level entries spell each byte as one
+    character), doubled for normalisers that merge characters."""
+    vocabulary = engine.tokenizer.get_vocab()
+    longest = max((len(entry) for entry in vocabulary), default=1)
+    return max_prompt_tokens * max(longest, 1) * 2
+
+
+def _static(name: str) -> str:
+    return resources.files("crystalvlm.infer").joinpath(f"static/{name}").read_text(encoding="utf-8")
+
+
+def _busy(error: Exception) -> ApiError:
+    return ApiError(503, f"the server is busy ({error}); retry later", code="server_overloaded", kind="server_error",
+                    headers={"Retry-After": "1"})
+
+
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        shown = f"'{media_type}'" if media_type else "none"
+        raise ApiError(415, f"the request body must be sent with Content-Type: application/json (got {shown})",
+                       code="unsupported_media_type")
 
 
 def _prompt_length(engine: GenerationEngine, request: GenerationRequest, max_new_tokens: int) -> int:
@@ -149,7 +277,7 @@ def _prompt_length(engine: GenerationEngine, request: GenerationRequest, max_new
         raise ApiError(400, str(error), "messages") from None
 
 
-async def _read_json(request: Request, max_bytes: int):
+async def _read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"the request body has {declared} bytes; at most {max_bytes} are accepted", code="request_too_large")
@@ -158,13 +286,26 @@ async def _read_json(request: Request, max_bytes: int):
         body += chunk
         if len(body) > max_bytes:
             raise ApiError(413, f"the request body is over {max_bytes} bytes", code="request_too_large")
+    return bytes(body)
+
+
+async def _answer_unless_hung_up(request: Request, job, batcher: RequestBatcher):
+    """The job's result; None (and the job cancelled) once the client has closed its connection."""
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+        while True:
+            done, _ = await asyncio.wait({job.result}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return job.result.result()
+            if await request.is_disconnected():
+                log.info("client gone: cancelling its request")
+                batcher.cancel(job)
+                return None
+    except asyncio.CancelledError:
+        batcher.cancel(job)
+        raise
 
 
-async def _events(job, completion_id: str, model_name: str, include_usage: bool):
+async def _events(job, completion_id: str, model_name: str, include_usage: bool, on_close):
     """Server-sent events: a role chunk, content chunks, a finishing chunk, optionally usage, [DONE]."""
     created = int(time.time())
 
@@ -178,7 +319,8 @@ async def _events(job, completion_id: str, model_name: str, include_usage: bool)
         try:
             result = job.result.result()
         except Exception as error:
-            yield event(error_body(f"generation failed: {type(error).__name__}: {error}", "server_error"))
+            log.error("a streamed generation failed", exc_info=error)
+            yield event(error_body(INTERNAL_ERROR, "server_error"))
             yield "data: [DONE]\n\n"
             return
         yield event(chunk_body(completion_id, model_name, created, {}, result.finish_reason))
@@ -186,5 +328,53 @@ async def _events(job, completion_id: str, model_name: str, include_usage: bool)
             yield event(usage_chunk_body(completion_id, model_name, created, result.prompt_tokens, len(result.token_ids)))
         yield "data: [DONE]\n\n"
     finally:
-        # The client went away (or we are done): stop generating for it.
+        # The client went away (or we are done): stop generating for it, and give its place back.
         job.request.cancel.set()
+        on_close()
+
+
+# ---------------------------------------------------------------------------- the Host header
+class HostCheck:
+    """ASGI middleware: answer only requests whose Host header names this server (DNS rebinding).
+
+    Starlette's TrustedHostMiddleware does the same for names, but answers in plain text and has no
+    notion of "any literal IP address"; this one answers in OpenAI's error shape.
+    """
+
+    def __init__(self, app, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = {_host_name(name) for name in allowed}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket") and "*" not in self.allowed:
+            header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+            if not self.accepts(header):
+                shown = repr(header[:100]) if header else "missing"
+                message = (f"the Host header ({shown}) is not a name this server answers to; it answers to "
+                           f"{', '.join(sorted(self.allowed))} and IP addresses (the operator adds names with --allowed-host)")
+                response = JSONResponse(error_body(message, code="host_not_allowed", param="Host"), status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def accepts(self, header: str) -> bool:
+        name = _host_name(header)
+        if not name:
+            return False
+        if name in self.allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)  # a literal address: no DNS name a page could rebind
+        except ValueError:
+            return False
+        return True
+
+
+def _host_name(value: str) -> str:
+    """'Example.COM.:8000' -> 'example.com'; '[::1]:8000' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") > 1:  # a bare IPv6 address (an --allowed-host value)
+        return value
+    return value.partition(":")[0].rstrip(".")
