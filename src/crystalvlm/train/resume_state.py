@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -20,14 +21,47 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+class UnsafeResumeState(ValueError):
+    """A resume file that would need arbitrary unpickling: refused before anything in it runs."""
+
+
+# Every state is stored as tensors and plain values, so trainer.pt loads with
+# torch.load(weights_only=True): a crafted run folder cannot run code on --resume.
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    python_version, python_internal, python_gauss = random.getstate()  # (3, 625 ints, float | None)
+    numpy_algorithm, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    return {
+        "python": {"version": python_version, "internal": torch.tensor(python_internal, dtype=torch.int64),
+                   "gauss_next": python_gauss},
+        # numpy_keys: (624,) uint32, kept exactly in int64.
+        "numpy": {"algorithm": numpy_algorithm, "keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+                  "pos": int(numpy_pos), "has_gauss": int(numpy_has_gauss), "cached_gaussian": float(numpy_gauss)},
+        "torch": torch.get_rng_state(),
+    }
 
 
 def _restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["algorithm"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
+
+
+def _load_trainer_state(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message is a page of advice; its one useful line names the refused global.
+        lines = [line.split("WeightsUnpickler error:", 1)[1] for line in str(error).splitlines()
+                 if "WeightsUnpickler error:" in line]
+        reason = lines[0].split(". ")[0].strip() if lines else type(error).__name__
+        raise UnsafeResumeState(
+            f"refusing to resume from {path}: it holds Python objects beyond tensors and plain values, and "
+            f"loading them could run code ({reason}). crystalvlm never writes such a file; if this one is yours "
+            f"from an older crystalvlm, run the stage again without --resume"
+        ) from None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -73,11 +107,11 @@ def latest_resume_state(folder: Path) -> Path | None:
 
 def load_resume_state(path: Path, model, optimizer, scheduler) -> int:
     """Restore everything; return the number of optimizer steps already taken."""
+    saved = _load_trainer_state(path / "trainer.pt")  # first: a refused file changes nothing
     weights = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or [m for m in missing if m in dict(model.named_parameters())]:
         raise ValueError(f"resume checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    saved = torch.load(path / "trainer.pt", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     _restore_rng(saved["rng"])

@@ -5,12 +5,24 @@ seed and step, see `data.batching`), atomic checkpoints, a loss normalised by th
 trained tokens of the whole global batch (so gradient accumulation and DDP give the same gradient
 as one big batch), and per-part learning rates, each of which Trainer makes awkward.
 accelerate still owns devices, DDP/FSDP wrapping, mixed precision and trackers.
+
+A stage runs as named steps, each a function below, in this order:
+
+    accelerator   one per stage, in the stage's precision        (stage_accelerator)
+    build_or_load the recipe's model, or the previous stage's checkpoint
+    check_data    every record checked before any step; bad ones reported
+    freeze        the stage's freeze policy; what trains is written and printed
+    plan_steps    batches per epoch, total and warm-up steps
+    optimise      AdamW over the trained parts, cosine schedule
+    resume        model, optimizer, scheduler and RNG from the latest resume state
+    loop          the optimizer steps, with resume states every `save_every`
+    save          the final Hugging Face checkpoint
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import math
 import time
 from collections import Counter
@@ -20,8 +32,8 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
@@ -30,14 +42,15 @@ from crystalvlm.data.dataset import ConversationDataset, DataSource, prepare_dat
 from crystalvlm.data.records import RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
-from crystalvlm.models.build import ModelSpec, build_llava, format_summary
+from crystalvlm.models.build import ModelSpec, build_llava
 from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from crystalvlm.train.freeze import apply_stage_policy
+from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy
+from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.provenance import write_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
-
-logger = logging.getLogger(__name__)
+from crystalvlm.train.stage_accelerator import stage_accelerator
+from crystalvlm.train.tracking import step_metrics, tracker_config, tracker_init_kwargs
 
 
 class BadDataError(RuntimeError):
@@ -75,10 +88,40 @@ def final_checkpoint(run_dir: Path, stage: str) -> Path:
     return stage_dir(run_dir, stage) / "final"
 
 
-def _precision(stage: StageConfig) -> str:
-    if stage.precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no"}.get(stage.precision, stage.precision)
+@dataclass
+class StageRun:
+    """What every step of one stage reads: the recipe, the stage, the options, its accelerator."""
+
+    recipe: Recipe
+    stage: StageConfig
+    options: TrainOptions
+    accelerator: Accelerator
+
+    @property
+    def folder(self) -> Path:
+        return stage_dir(self.options.run_dir, self.stage.name)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.jsonl"
+
+    @property
+    def resume_folder(self) -> Path:
+        return self.folder / "checkpoints"
+
+    def say(self, text: str) -> None:
+        """Print on the main process only (the CLI silences loggers; this is the console)."""
+        if self.accelerator.is_main_process:
+            print(text)
+
+
+@dataclass
+class StepPlan:
+    global_micro_batch: int  # samples per micro-step over all ranks: the unit `epoch_batches` cuts
+    batches_per_epoch: int  # global micro-batches per epoch
+    total_steps: int  # optimizer steps
+    warmup_steps: int
+    save_every: int | None
 
 
 def _sources(recipe: Recipe, stage: StageConfig, options: TrainOptions) -> list[DataSource]:
@@ -92,20 +135,6 @@ def _sources(recipe: Recipe, stage: StageConfig, options: TrainOptions) -> list[
     return sources
 
 
-def _report_problems(problems: list[RecordProblem], folder: Path, accelerator: Accelerator) -> None:
-    if not accelerator.is_main_process:
-        return
-    with open(folder / "data_problems.jsonl", "w") as handle:
-        for problem in problems:
-            handle.write(json.dumps({"source": problem.source, "id": problem.record_id, "reason": problem.reason}) + "\n")
-    if problems:
-        print(f"{len(problems)} bad record(s) skipped (listed in {folder / 'data_problems.jsonl'}):")
-        for problem in problems[:20]:
-            print(f"  - {problem}")
-        if len(problems) > 20:
-            print(f"  ... and {len(problems) - 20} more")
-
-
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross entropy over trained tokens. logits (B, T, V), labels (B, T)."""
     shifted_logits = logits[:, :-1, :].float()  # (B, T-1, V)
@@ -116,6 +145,81 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+# ----------------------------------------------------------------------------- the named steps
+def build_or_load(run: StageRun, init_from: Path | None):
+    """The recipe's model for a first stage, else the previous stage's final checkpoint."""
+    template = get_template(run.stage.template)
+    set_seed(run.recipe.seed)
+    if init_from is None:
+        model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja())
+    else:
+        model, processor, _ = load_checkpoint(init_from)
+        processor.chat_template = template.chat_template_jinja()
+    model.train()
+    model.config.use_cache = False
+    return model, processor
+
+
+def _report_problems(run: StageRun, problems: list[RecordProblem]) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    with open(run.folder / "data_problems.jsonl", "w") as handle:
+        for problem in problems:
+            handle.write(json.dumps({"source": problem.source, "id": problem.record_id, "reason": problem.reason}) + "\n")
+    if problems:
+        print(f"{len(problems)} bad record(s) skipped (listed in {run.folder / 'data_problems.jsonl'}):")
+        for problem in problems[:20]:
+            print(f"  - {problem}")
+        if len(problems) > 20:
+            print(f"  ... and {len(problems) - 20} more")
+
+
+def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
+    """Every record encoded and checked before any step; bad ones listed in data_problems.jsonl."""
+    encoder = SampleEncoder.from_processor(processor, model.config, get_template(run.stage.template),
+                                           run.recipe.image_mode, max_length=run.stage.max_length)
+    prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
+                               progress=run.options.progress and run.accelerator.is_main_process)
+    _report_problems(run, prepared.problems)
+    if prepared.problems and run.options.strict:
+        reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
+        raise BadDataError(f"--strict: {len(prepared.problems)} bad record(s), nothing trained: {dict(reasons)}")
+    if not prepared.items:
+        raise BadDataError(f"stage {run.stage.name!r}: no usable record")
+    return ConversationDataset(prepared, encoder), prepared.problems
+
+
+def freeze(run: StageRun, model) -> list[dict]:
+    """Apply the stage's freeze policy; write <stage>/freeze_summary.json and print it. Returns
+    the optimizer groups (one per trained part, with its learning rate)."""
+    stage = run.stage
+    groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)
+    if stage.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
+    if run.accelerator.is_main_process:
+        summary.write(run.folder / "freeze_summary.json")
+    run.say(f"stage {stage.name}: template {stage.template}, precision {summary.precision}, "
+            f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}")
+    return groups
+
+
+def plan_steps(run: StageRun, dataset: ConversationDataset) -> StepPlan:
+    stage, options = run.stage, run.options
+    global_micro_batch = stage.batch_size * run.accelerator.num_processes
+    batches_per_epoch = len(epoch_batches(dataset.lengths, dataset.has_image, global_micro_batch, run.recipe.seed, 0,
+                                          stage.group_by_modality_length))
+    max_steps = options.max_steps or stage.max_steps
+    total_steps = max_steps or max(1, math.floor(stage.epochs * batches_per_epoch / stage.grad_accum))
+    return StepPlan(global_micro_batch, batches_per_epoch, total_steps, math.ceil(stage.warmup_ratio * total_steps),
+                    options.save_every or stage.save_every)
+
+
+def optimise(groups: list[dict], plan: StepPlan):
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
+
+
 def _truncate_metrics(path: Path, keep_through_step: int) -> None:
     if not path.is_file():
         return
@@ -123,103 +227,74 @@ def _truncate_metrics(path: Path, keep_through_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_from: Path | None,
-                accelerator: Accelerator) -> StageResult:
-    folder = stage_dir(options.run_dir, stage.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    template = get_template(stage.template)
-    set_seed(recipe.seed)
+def resume(run: StageRun, unwrapped_model, optimizer, scheduler) -> int:
+    """The optimizer steps already taken: 0 for a fresh stage (whose old metrics log is removed),
+    else those of the latest resume state (the log is cut back to them)."""
+    latest = latest_resume_state(run.resume_folder) if run.options.resume else None
+    if latest is None:
+        if run.accelerator.is_main_process and run.metrics_path.exists():
+            run.metrics_path.unlink()
+        return 0
+    start_step = load_resume_state(latest, unwrapped_model, optimizer, scheduler)
+    run.say(f"resumed stage {run.stage.name} from {latest} at step {start_step}")
+    if run.accelerator.is_main_process:
+        _truncate_metrics(run.metrics_path, start_step)
+    return start_step
 
-    if init_from is None:
-        model, processor = build_llava(ModelSpec.from_dict(recipe.model), chat_template=template.chat_template_jinja())
-    else:
-        model, processor, _ = load_checkpoint(init_from)
-        processor.chat_template = template.chat_template_jinja()
-    model.train()
-    model.config.use_cache = False
 
-    # --- data: every record checked before any step --------------------------------------
-    encoder = SampleEncoder.from_processor(processor, model.config, template, recipe.image_mode, max_length=stage.max_length)
-    prepared = prepare_dataset(_sources(recipe, stage, options), encoder, progress=options.progress and accelerator.is_main_process)
-    _report_problems(prepared.problems, folder, accelerator)
-    if prepared.problems and options.strict:
-        reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
-        raise BadDataError(f"--strict: {len(prepared.problems)} bad record(s), nothing trained: {dict(reasons)}")
-    if not prepared.items:
-        raise BadDataError(f"stage {stage.name!r}: no usable record")
-    dataset = ConversationDataset(prepared, encoder)
-
-    # --- freeze policy and optimizer --------------------------------------------------------
-    groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)
-    if stage.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if accelerator.is_main_process:
-        print(f"stage {stage.name}: template {stage.template}, tunable {stage.tunable}")
-        print(format_summary(model))
-    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
-
+def _micro_batch_loader(run: StageRun, dataset: ConversationDataset, plan: StepPlan, start_step: int,
+                        pad_token_id: int) -> torch.utils.data.DataLoader:
+    """This rank's micro-batches from `start_step` on: a pure function of (seed, step)."""
+    stage, accelerator = run.stage, run.accelerator
     world = accelerator.num_processes
-    global_batch = stage.batch_size * world
-    batches_per_epoch = len(epoch_batches(dataset.lengths, dataset.has_image, global_batch, recipe.seed, 0,
-                                          stage.group_by_modality_length))
-    max_steps = options.max_steps or stage.max_steps
-    total_steps = max_steps or max(1, math.floor(stage.epochs * batches_per_epoch / stage.grad_accum))
-    warmup = math.ceil(stage.warmup_ratio * total_steps)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-
-    resume_folder = folder / "checkpoints"
-    start_step = 0
-    metrics_path = folder / "metrics.jsonl"
-    if options.resume and (latest := latest_resume_state(resume_folder)) is not None:
-        start_step = load_resume_state(latest, unwrapped, optimizer, scheduler)
-        if accelerator.is_main_process:
-            print(f"resumed stage {stage.name} from {latest} at step {start_step}")
-            _truncate_metrics(metrics_path, start_step)
-    elif accelerator.is_main_process and metrics_path.exists():
-        metrics_path.unlink()
-
-    # --- the batches of each step: pure function of (seed, step) ------------------------------
     epoch_cache: dict[int, list[list[int]]] = {}
 
     def global_batch_at(index: int) -> list[int]:
-        epoch, within = divmod(index, batches_per_epoch)
+        epoch, within = divmod(index, plan.batches_per_epoch)
         if epoch not in epoch_cache:
             epoch_cache.clear()
-            epoch_cache[epoch] = epoch_batches(dataset.lengths, dataset.has_image, global_batch, recipe.seed, epoch,
-                                               stage.group_by_modality_length)
+            epoch_cache[epoch] = epoch_batches(dataset.lengths, dataset.has_image, plan.global_micro_batch,
+                                               run.recipe.seed, epoch, stage.group_by_modality_length)
         return epoch_cache[epoch][within]
 
     def rank_micro_batches():
-        for step in range(start_step, total_steps):
+        for step in range(start_step, plan.total_steps):
             for micro in range(stage.grad_accum):
                 indices = global_batch_at(step * stage.grad_accum + micro)
                 yield indices[accelerator.process_index::world] or indices[:1]
 
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=list(rank_micro_batches()), num_workers=options.num_workers,
-        collate_fn=partial(collate_conversations, pad_token_id=processor.tokenizer.pad_token_id),
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=list(rank_micro_batches()), num_workers=run.options.num_workers,
+        collate_fn=partial(collate_conversations, pad_token_id=pad_token_id),
     )
-    batches = iter(loader)
-    save_every = options.save_every or stage.save_every
+
+
+def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches, plan: StepPlan,
+         start_step: int) -> float | None:
+    """The optimizer steps from `start_step`; returns the last step's loss (None if none ran)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {stage.name}",
-               disable=not (options.progress and accelerator.is_main_process))
+    stage, accelerator = run.stage, run.accelerator
+    world = accelerator.num_processes
+    batches = iter(batches)
+    bar = tqdm(total=plan.total_steps, initial=start_step, desc=f"train {stage.name}",
+               disable=not (run.options.progress and accelerator.is_main_process))
     started = time.time()
     loss_value = None
-    for step in range(start_step, total_steps):
+    for step in range(start_step, plan.total_steps):
+        step_started = time.time()
         micro_batches = [next(batches) for _ in range(stage.grad_accum)]
         # Normalise by the trained tokens of the whole global batch (all ranks, all micro-batches).
-        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
-        global_tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item()
+        local_counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches),
+                                     sum(int(b["attention_mask"].sum()) for b in micro_batches)],
+                                    device=accelerator.device)  # (trained tokens, input tokens)
+        global_tokens, global_input_tokens = accelerator.reduce(local_counts, "sum").tolist()
         step_loss = torch.zeros((), device=accelerator.device)
         for index, batch in enumerate(micro_batches):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             labels = batch.pop("labels")
             sync = index == len(micro_batches) - 1
-            context = accelerator.no_sync(model) if not sync and world > 1 else _null()
+            context = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
             with context, accelerator.autocast():
                 logits = model(**batch, use_cache=False).logits  # (B, T, V)
                 loss_sum = _ce_sum(logits, labels)
@@ -231,59 +306,83 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = accelerator.reduce(step_loss, "sum").item() / max(global_tokens, 1)
+        tokens_per_s = global_input_tokens / max(time.time() - step_started, 1e-9)
         done = step + 1
         if accelerator.is_main_process:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if done % stage.log_every == 0 or done == total_steps:
+            if done % stage.log_every == 0 or done == plan.total_steps:
+                lr_per_part = {g["part"]: g["lr"] for g in optimizer.param_groups}
                 record = {"step": done, "loss": round(loss_value, 6), "tokens": global_tokens,
-                          "grad_norm": round(float(grad_norm), 6),
-                          "lr": {g["part"]: g["lr"] for g in optimizer.param_groups},
-                          "elapsed_s": round(time.time() - started, 3)}
-                with open(metrics_path, "a") as handle:
+                          "grad_norm": round(float(grad_norm), 6), "lr": lr_per_part,
+                          "elapsed_s": round(time.time() - started, 3), "tokens_per_s": round(tokens_per_s, 1)}
+                with open(run.metrics_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                accelerator.log({"loss": loss_value, "grad_norm": float(grad_norm)}, step=done)
-        if save_every and done % save_every == 0 and done < total_steps:
+                accelerator.log(step_metrics(stage.name, loss_value, float(grad_norm), lr_per_part, tokens_per_s),
+                                step=done)
+        if plan.save_every and done % plan.save_every == 0 and done < plan.total_steps:
             state = accelerator.get_state_dict(model)
             if accelerator.is_main_process:
-                save_resume_state(resume_folder, done, state, optimizer, scheduler)
+                save_resume_state(run.resume_folder, done, state, optimizer, scheduler)
             accelerator.wait_for_everyone()
     bar.close()
+    return loss_value
 
-    final = final_checkpoint(options.run_dir, stage.name)
+
+def save(run: StageRun, model, processor) -> Path:
+    """The stage's final checkpoint, a Hugging Face Llava folder renamed into place whole."""
+    accelerator = run.accelerator
+    final = final_checkpoint(run.options.run_dir, run.stage.name)
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.use_cache = True
         # `state` is the full state dict gathered from every rank (FSDP shards it otherwise).
         save_checkpoint(unwrapped, processor, final,
-                        CheckpointInfo(template=stage.template, image_mode=recipe.image_mode, stage=stage.name,
-                                       recipe=recipe.name), state_dict=state)
+                        CheckpointInfo(template=run.stage.template, image_mode=run.recipe.image_mode,
+                                       stage=run.stage.name, recipe=run.recipe.name), state_dict=state)
     accelerator.wait_for_everyone()
-    return StageResult(stage.name, final, total_steps, loss_value, prepared.problems)
+    return final
 
 
-class _null:
-    def __enter__(self):
-        return self
+# ----------------------------------------------------------------------------- a stage, a recipe
+def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_from: Path | None) -> StageResult:
+    accelerator = stage_accelerator(stage, options.report_to, str(options.run_dir))
+    run = StageRun(recipe, stage, options, accelerator)
+    run.folder.mkdir(parents=True, exist_ok=True)
 
-    def __exit__(self, *exc):
-        return False
+    model, processor = build_or_load(run, init_from)
+    dataset, problems = check_data(run, model, processor)
+    groups = freeze(run, model)
+    anchor = keep_image_path_in_graph(model)  # text-only micro-batches still reach the trained image path
+    plan = plan_steps(run, dataset)
+    optimizer, scheduler = optimise(groups, plan)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_step = resume(run, accelerator.unwrap_model(model), optimizer, scheduler)
+
+    if options.report_to:
+        accelerator.init_trackers(recipe.name, config=tracker_config(recipe, stage.name),
+                                  init_kwargs=tracker_init_kwargs(options.run_dir.name, stage.name))
+    batches = _micro_batch_loader(run, dataset, plan, start_step, processor.tokenizer.pad_token_id)
+    final_loss = loop(run, model, optimizer, scheduler, groups, batches, plan, start_step)
+    if anchor is not None:
+        anchor.remove()
+    checkpoint = save(run, model, processor)
+    if options.report_to:
+        accelerator.end_training()
+    return StageResult(stage.name, checkpoint, plan.total_steps, final_loss, problems)
 
 
 def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     """Run the recipe's stages in order; each starts from the previous stage's final checkpoint."""
-    # cpu=True lets accelerate see a torchrun launch on a machine without GPUs (gloo backend).
-    # Text-only batches leave the projector without gradients, hence find_unused_parameters.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(recipe.stages[0]),
-                              kwargs_handlers=[ddp],
-                              log_with=options.report_to or None, project_dir=str(options.run_dir))
+    # The process group (torchrun) is set up once; each stage then gets its own accelerator.
+    process = PartialState(cpu=not torch.cuda.is_available())
     options.run_dir.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in recipe.stages]
     wanted = options.stages or names
     for name in wanted:
         recipe.stage(name)  # raises on an unknown stage
-    if accelerator.is_main_process:
+    if process.is_main_process:
         (options.run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
         data_files, folders = [], []
         for stage in recipe.stages:
@@ -293,15 +392,13 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
                     if source.image_folder:
                         folders.append(source.image_folder)
         write_provenance(options.run_dir, recipe.seed, sorted(set(data_files)), sorted(set(folders)))
-    if options.report_to:
-        accelerator.init_trackers(recipe.name)
     results = []
     for name in wanted:
         index = names.index(name)
         done = final_checkpoint(options.run_dir, name)
         if options.resume and (done / "config.json").is_file():
             # Final checkpoints are renamed into place whole, so one that exists is complete.
-            if accelerator.is_main_process:
+            if process.is_main_process:
                 print(f"stage {name}: already complete at {done}")
             results.append(StageResult(name, done, 0, None, []))
             continue
@@ -313,7 +410,5 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
                     f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
                     f"run that stage first"
                 )
-        results.append(train_stage(recipe, recipe.stage(name), options, init_from, accelerator))
-    if options.report_to:
-        accelerator.end_training()
+        results.append(train_stage(recipe, recipe.stage(name), options, init_from))
     return results
