@@ -8,8 +8,9 @@ byte and pixel limits (pixel count read from the header, so decompression bombs 
 decoding).
 
 Beyond OpenAI's fields the request may carry `"decoding"`: a decoding string such as `"opera"` or
-`"vcd:alpha=1"` (see decoding/config.py). Without it, `temperature` > 0 samples and a missing or zero
-temperature decodes greedily.
+`"vcd:alpha=1"` (see decoding/config.py), within the server's caps (`ServerLimits.decoding`: beams,
+OPERA's rollbacks, ...; a max_new_tokens no more than max_tokens). Without it, `temperature` > 0
+samples and a missing or zero temperature decodes greedily.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import base64
 import binascii
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -26,6 +27,7 @@ from PIL import Image
 from crystalvlm.data.images import ImageError, decode_image_bytes
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
 from crystalvlm.infer.decoding.config import DecodingConfig, DecodingConfigError
+from crystalvlm.infer.decoding.limits import DecodingLimitError, DecodingLimits
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -45,6 +47,9 @@ class ServerLimits:
     batch_wait_ms: float = 5.0  # how long the batcher waits for more requests to join a batch
     allow_remote_images: bool = False
     remote_image_timeout_s: float = 10.0
+    # Caps on beams, OPERA's rollbacks, ... that a request's "decoding" string cannot raise (decoding/limits.py).
+    # Its max_new_tokens is replaced here: the request's max_tokens, or without one `max_tokens` above.
+    decoding: DecodingLimits = field(default_factory=DecodingLimits)
 
 
 class ApiError(Exception):
@@ -188,6 +193,8 @@ def _image_reference(value: Any, where: str) -> ImageReference:
 
 def _decoding_config(payload: dict, limits: ServerLimits) -> DecodingConfig:
     max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
+    # The most new tokens the decoding string may ask for: the checked max_tokens when the client sent one.
+    budget_cap = limits.max_tokens if max_tokens is None else max_tokens
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limits.max_tokens:
@@ -210,9 +217,14 @@ def _decoding_config(payload: dict, limits: ServerLimits) -> DecodingConfig:
     if not isinstance(decoding, str):
         raise ApiError(400, f"'decoding' must be a string such as 'greedy', 'beam:num_beams=3', 'opera' or 'vcd', got {decoding!r}", "decoding")
     try:
-        return DecodingConfig.parse(decoding, **common)
+        config = DecodingConfig.parse(decoding, **common)
+        decoding_limits = replace(limits.decoding, max_new_tokens=budget_cap)
+        decoding_limits.check(config)
+    except DecodingLimitError as error:
+        raise ApiError(400, f"'decoding': {error}", "decoding", "decoding_limit_exceeded") from None
     except (DecodingConfigError, TypeError) as error:
         raise ApiError(400, f"bad decoding settings: {error}", "decoding") from None
+    return config
 
 
 def _stop_strings(stop: Any, limits: ServerLimits) -> tuple[str, ...]:
