@@ -135,7 +135,7 @@ def test_a_new_strategy_is_one_class_and_one_registry_entry(engine, mixed_reques
     assert rows_per_batch == [1] * len(mixed_requests)
     with pytest.raises(DecodingConfigError, match="repeat token must be >= 0, got -1"):
         DecodingConfig.parse("repeat:token=-1")
-    with pytest.raises(DecodingLimitError, match="repeat.token=301 is over this server's cap of 300"):
+    with pytest.raises(DecodingLimitError, match="repeat.token=301 is over the cap of 300"):
         DecodingLimits().check(DecodingConfig.parse("repeat:token=301"))
 
 

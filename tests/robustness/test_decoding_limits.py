@@ -79,7 +79,9 @@ def test_hostile_decoding_string_is_refused_before_any_model_work(client, decodi
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "decoding"
     assert error["code"] == "decoding_limit_exceeded"
-    assert f"{key}={value}" in error["message"] and f"cap of {cap}" in error["message"], error["message"]
+    assert f"{key}={value} is over the cap of {cap}" in error["message"], error["message"]
+    why = "this server's max_tokens" if key == "max_new_tokens" else "this server's limit"
+    assert error["message"].endswith(f"({why})")
     assert batches_run(client) == before  # refused while parsing: the engine never saw it
     assert ask(client, "greedy").status_code == 200  # and the server keeps serving
 
@@ -87,7 +89,8 @@ def test_hostile_decoding_string_is_refused_before_any_model_work(client, decodi
 def test_decoding_string_cannot_ask_for_more_tokens_than_max_tokens(client):
     refused = ask(client, "beam:num_beams=2,max_new_tokens=10", max_tokens=6)
     assert refused.status_code == 400
-    assert "max_new_tokens=10" in refused.json()["error"]["message"] and "cap of 6" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["message"] == \
+        "decoding setting max_new_tokens=10 is over the cap of 6 (the request's max_tokens)"
     # Asking for fewer than max_tokens is a client's right; so is, without max_tokens, any budget up to the server's.
     fewer = ask(client, "greedy:max_new_tokens=3", max_tokens=6)
     assert fewer.status_code == 200 and fewer.json()["usage"]["completion_tokens"] <= 3
@@ -105,7 +108,7 @@ def test_operator_caps_replace_the_defaults(engine):
     with serve(engine, DecodingLimits(caps={"num_beams": 2, "opera.max_rollbacks": 1})) as strict:
         assert ask(strict, "beam:num_beams=2", max_tokens=2).status_code == 200
         refused = ask(strict, "beam:num_beams=3", max_tokens=2)
-        assert refused.status_code == 400 and "num_beams=3 is over this server's cap of 2" in refused.json()["error"]["message"]
+        assert refused.status_code == 400 and "num_beams=3 is over the cap of 2" in refused.json()["error"]["message"]
         assert ask(strict, "opera:num_beams=2,max_rollbacks=2", max_tokens=2).status_code == 400
         # Greedy decoding reads no beam count: its default num_beams (5) is not held against it.
         assert ask(strict, "greedy", max_tokens=2).status_code == 200
@@ -139,7 +142,7 @@ def test_the_chat_page_choices_are_within_the_default_caps():
 def test_limits_refuse_unknown_cap_names():
     with pytest.raises(ValueError, match="no decoding setting is capped as opera.rollbacks; capped settings: num_beams"):
         DecodingLimits(caps={"opera.rollbacks": 3})
-    with pytest.raises(DecodingLimitError, match="max_new_tokens=65 is over this server's cap of 64"):
+    with pytest.raises(DecodingLimitError, match="max_new_tokens=65 is over the cap of 64"):
         DecodingLimits(max_new_tokens=64).check(DecodingConfig(max_new_tokens=65))
 
 

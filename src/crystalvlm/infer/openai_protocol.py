@@ -194,7 +194,8 @@ def _image_reference(value: Any, where: str) -> ImageReference:
 def _decoding_config(payload: dict, limits: ServerLimits) -> DecodingConfig:
     max_tokens = payload.get("max_completion_tokens", payload.get("max_tokens"))
     # The most new tokens the decoding string may ask for: the checked max_tokens when the client sent one.
-    budget_cap = limits.max_tokens if max_tokens is None else max_tokens
+    budget_cap, budget_source = ((limits.max_tokens, "this server's max_tokens") if max_tokens is None
+                                 else (max_tokens, "the request's max_tokens"))
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limits.max_tokens:
@@ -221,7 +222,8 @@ def _decoding_config(payload: dict, limits: ServerLimits) -> DecodingConfig:
         decoding_limits = replace(limits.decoding, max_new_tokens=budget_cap)
         decoding_limits.check(config)
     except DecodingLimitError as error:
-        raise ApiError(400, f"'decoding': {error}", "decoding", "decoding_limit_exceeded") from None
+        why = budget_source if error.key == "max_new_tokens" else "this server's limit"
+        raise ApiError(400, f"{error} ({why})", "decoding", "decoding_limit_exceeded") from None
     except (DecodingConfigError, TypeError) as error:
         raise ApiError(400, f"bad decoding settings: {error}", "decoding") from None
     return config

@@ -73,7 +73,8 @@ class DecodingConfig:
             raise DecodingConfigError("; ".join(problems))
 
     @property
-    def strategy_class(self) -> type[DecodingStrategy]:
+    def strategy_type(self) -> type[DecodingStrategy]:
+        """The registered class of `strategy`."""
         return strategy_class(self.strategy)
 
     @property
@@ -116,7 +117,7 @@ class DecodingConfig:
         """The canonical text form: the strategy and every setting that differs from the default."""
         parts = []
         if self.params is not None:
-            default = self.strategy_class.default_params()
+            default = self.strategy_type.default_params()
             parts += [f"{f.name}={getattr(self.params, f.name)}" for f in fields(self.params)
                       if getattr(self.params, f.name) != getattr(default, f.name)]
         default_config = DecodingConfig()

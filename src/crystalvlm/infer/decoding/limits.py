@@ -27,7 +27,7 @@ class DecodingLimitError(DecodingConfigError):
     """A decoding setting over a server's cap."""
 
     def __init__(self, key: str, value: Number, cap: Number) -> None:
-        super().__init__(f"decoding setting {key}={value} is over this server's cap of {cap}")
+        super().__init__(f"decoding setting {key}={value} is over the cap of {cap}")
         self.key = key
         self.value = value
         self.cap = cap
@@ -67,7 +67,7 @@ class DecodingLimits:
         """DecodingLimitError for the first setting of `config` over its cap."""
         if config.max_new_tokens > self.max_new_tokens:
             raise DecodingLimitError("max_new_tokens", config.max_new_tokens, self.max_new_tokens)
-        strategy = config.strategy_class
+        strategy = config.strategy_type
         for key, cap in self.effective_caps.items():
             owner, dot, name = key.rpartition(".")
             if dot and owner != strategy.name:
