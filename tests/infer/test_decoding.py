@@ -56,6 +56,89 @@ def test_parse_refuses_bad_strings(text, message):
         DecodingConfig.parse(text)
 
 
+# ---------------------------------------------------------------------------- the registry
+def test_registry_holds_each_strategy_under_its_exact_name():
+    from crystalvlm.infer.decoding.registry import STRATEGIES, build_strategy, strategy_class
+
+    assert list(STRATEGIES) == ["greedy", "sample", "beam", "opera", "vcd"]
+    for name, strategy in STRATEGIES.items():
+        assert strategy.name == name and strategy_class(name) is strategy
+        assert type(build_strategy(DecodingConfig.parse(name))) is strategy
+    for wrong in ("Greedy", "beams", "gree", ""):
+        with pytest.raises(DecodingConfigError, match="unknown strategy"):
+            strategy_class(wrong)
+
+
+def test_strategy_settings_are_their_params_and_reachable_by_name():
+    opera = DecodingConfig.parse("opera:max_rollbacks=2")
+    assert opera.params is opera.opera and opera.params.max_rollbacks == 2
+    assert DecodingConfig(strategy="vcd").params == DecodingConfig.parse("vcd").vcd  # defaults filled in
+    assert DecodingConfig.parse("greedy").params is None
+    with pytest.raises(AttributeError):
+        DecodingConfig.parse("greedy").opera
+    assert opera.with_changes(opera=replace(opera.opera, warmup=3)).params.warmup == 3
+    with pytest.raises(DecodingConfigError, match="wants its settings as OperaParams"):
+        DecodingConfig(strategy="opera", params=DecodingConfig.parse("vcd").params)
+
+
+def test_the_engine_names_no_strategy():
+    """The engine runs what the registry hands it: no strategy's name appears in its code."""
+    import inspect
+
+    from crystalvlm.infer import engine, runner
+    from crystalvlm.infer.decoding.registry import STRATEGIES
+
+    for module in (engine, runner):
+        source = inspect.getsource(module)
+        code = source[source.index('"""', 3) + 3 :]  # after the module docstring
+        for name in STRATEGIES:
+            assert f'"{name}"' not in code and f"'{name}'" not in code, f"{module.__name__} names {name!r}"
+
+
+def test_a_new_strategy_is_one_class_and_one_registry_entry(engine, mixed_requests, monkeypatch):
+    """A strategy defined here, registered by one dict entry, is parsed, described, capped, batched as it
+    declares and run by the engine — nothing else knows it."""
+    from dataclasses import dataclass
+
+    from crystalvlm.infer.decoding.greedy_sampling import PlainLogits, answer_token_by_token
+    from crystalvlm.infer.decoding.limits import DecodingLimitError, DecodingLimits
+    from crystalvlm.infer.decoding.registry import STRATEGIES
+    from crystalvlm.infer.decoding.settings import setting
+    from crystalvlm.infer.decoding.strategy import DecodingStrategy
+
+    @dataclass(frozen=True)
+    class RepeatParams:
+        token: int = setting(0, low=0, server_cap=300)
+
+    rows_per_batch = []
+
+    class RepeatOneToken(DecodingStrategy):
+        name = "repeat"
+        params_type = RepeatParams
+        one_request_at_a_time = True
+
+        def decode(self, context, batch, controls):
+            rows_per_batch.append(batch.rows)
+
+            def choose(logits, _controls):  # (R, V) -> (R,)
+                return torch.full((logits.shape[0],), self.params.token, dtype=torch.long)
+
+            return answer_token_by_token(PlainLogits(context.runner), batch, controls, choose, context.tokenizer,
+                                         self.config.max_new_tokens)
+
+    monkeypatch.setitem(STRATEGIES, "repeat", RepeatOneToken)
+    token = engine.tokenizer("red", add_special_tokens=False)["input_ids"][0]
+    config = DecodingConfig.parse(f"repeat:token={token}", max_new_tokens=3)
+    assert config.describe() == f"repeat:token={token},max_new_tokens=3"
+    results = engine.generate(mixed_requests, config)
+    assert [result.token_ids for result in results] == [[token] * 3] * len(mixed_requests)
+    assert rows_per_batch == [1] * len(mixed_requests)
+    with pytest.raises(DecodingConfigError, match="repeat token must be >= 0, got -1"):
+        DecodingConfig.parse("repeat:token=-1")
+    with pytest.raises(DecodingLimitError, match="repeat.token=301 is over the cap of 300"):
+        DecodingLimits().check(DecodingConfig.parse("repeat:token=301"))
+
+
 # ---------------------------------------------------------------------------- sampling warpers
 def test_warpers_match_transformers():
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper

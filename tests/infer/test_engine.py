@@ -189,3 +189,55 @@ def test_answers_read_like_decode_with_special_tokens_skipped(engine):
         pieces.append(answer.take_stream_piece())
         assert answer.text == kept and answer.visible_text == skipped
         assert "".join(pieces) == skipped
+
+
+# ---------------------------------------------------------------------------- the cache's keyword
+def test_cache_keyword_is_the_installed_transformers_one(engine):
+    """The runner passes the KV cache under the name this transformers' forward takes: `cache` where
+    `past_key_values` is deprecated (5.24), `past_key_values` in releases that only know it."""
+    import inspect
+    import warnings
+
+    import transformers
+    from packaging.version import Version
+
+    from crystalvlm.infer.runner import cache_keyword
+
+    keyword = cache_keyword(type(engine.model))
+    assert keyword in inspect.signature(type(engine.model).forward).parameters
+    if Version(transformers.__version__) >= Version("5.24"):
+        assert keyword == "cache"
+    # The other name, where the release still takes it, is the deprecated one.
+    ids = torch.tensor([engine.prepare(GenerationRequest([Turn("user", "hi")])).input_ids])
+    with torch.no_grad():
+        first = engine.model(input_ids=ids, use_cache=True)
+        cache = getattr(first, keyword)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine.model(input_ids=ids[:, -1:], use_cache=True, **{keyword: cache})
+        assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+        if keyword == "cache":
+            with pytest.warns(FutureWarning, match="past_key_values"):
+                engine.model(input_ids=ids[:, -1:], use_cache=True, past_key_values=getattr(first, keyword))
+
+
+def test_generation_uses_no_deprecated_cache_name(engine, mixed_requests, monkeypatch):
+    """Every strategy, and the shared-prefix prefill (it passes a cache from its second forward on), with
+    deprecation warnings as errors; the output's `past_key_values` alias (a logged warning) is not read either."""
+    import warnings
+
+    from transformers.utils.generic import ModelOutput
+
+    from crystalvlm.infer.runner import cache_keyword
+
+    if cache_keyword(type(engine.model)) == "cache":
+        def deprecated_alias(_output):
+            raise AssertionError("the runner read output.past_key_values, deprecated in this transformers")
+
+        monkeypatch.setattr(ModelOutput, "past_key_values", property(deprecated_alias))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        for decoding in ("greedy", "sample:seed=1", "beam:num_beams=2", "opera:num_beams=2", "vcd"):
+            results = engine.generate(mixed_requests, DecodingConfig.parse(decoding, max_new_tokens=3))
+            assert all(result.token_ids for result in results)

@@ -8,15 +8,18 @@
 Requests are sorted by prompt length and cut into batches of `batch_size` (less padding), run with
 left padding and a KV cache, and returned in request order. A batch computes, row for row, what
 each request computes alone, so batched greedy answers equal one-at-a-time answers (and
-`model.generate(do_sample=False)`). Strategies live in `decoding/`; the model only computes
+`model.generate(do_sample=False)`). Strategies live in `decoding/`, registered by name
+(decoding/registry.py); the engine asks a strategy what it declares (requests per batch, prefix
+sharing, randomness) and calls its `decode`, never branching on its name. The model only computes
 (`runner.ModelRunner`). One generation runs at a time per engine (a lock): the model is shared and
 OPERA switches its attention implementation while it runs.
 
 Prefix sharing (`share_prefixes`, on by default): requests about the same image are kept next to
 each other when batches are cut (then by length), and a batch whose prompts share prefixes (the
 system prompt; an image and the tokens up to and just after it) computes each shared prefix once
-(shared_prefix.py) when that computes clearly fewer positions. Greedy, sampling and beam search use
-it; VCD (its own paired batch) and OPERA (one request at a time) prefill plainly.
+(shared_prefix.py) when that computes clearly fewer positions. Strategies say whether they can use it
+(`DecodingStrategy.shares_prefixes`): greedy, sampling and beam search do; VCD (its own paired batch)
+and OPERA (one request at a time) prefill plainly.
 """
 
 from __future__ import annotations
@@ -32,27 +35,18 @@ from PIL import Image
 
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import Turn, get_template
-from crystalvlm.infer.decoding.beam import BeamSearchState, beam_search
 from crystalvlm.infer.decoding.config import DecodingConfig
-from crystalvlm.infer.decoding.greedy_sampling import (
-    PlainLogits,
-    RowControl,
-    TokenChooser,
-    decode_token_by_token,
-    request_generator,
-)
-from crystalvlm.infer.decoding.opera import OperaSearch
-from crystalvlm.infer.decoding.vcd import ContrastiveLogits
+from crystalvlm.infer.decoding.greedy_sampling import RowControl, request_generator
+from crystalvlm.infer.decoding.registry import build_strategy
+from crystalvlm.infer.decoding.strategy import DecodingContext, DecodingStrategy
 from crystalvlm.infer.prompts import PreparedPrompt, PromptBuilder, RequestError, collate
 from crystalvlm.infer.runner import ModelRunner
 from crystalvlm.infer.shared_prefix import plan_shared_prefill, prompt_keys, sharing_key
-from crystalvlm.infer.text_stream import AnswerText, StopRule, final_answer, hits_stop
+from crystalvlm.infer.text_stream import AnswerText, StopRule
 
 __all__ = ["DecodingConfig", "GenerationEngine", "GenerationRequest", "GenerationResult", "RequestError"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Strategies whose prefill may share prefixes: VCD builds its own paired batch, OPERA runs one request.
-SHARING_STRATEGIES = ("greedy", "sample", "beam")
 
 
 @dataclass
@@ -133,24 +127,25 @@ class GenerationEngine:
             except RequestError as error:
                 raise RequestError(f"request {index}: {error}") from None
         listeners = listeners or [None] * len(requests)
+        strategy = build_strategy(config)
         controls = [
             RowControl(
                 listener=listeners[index],
                 cancelled=request.cancel.is_set if request.cancel is not None else None,
-                generator=request_generator(config.seed, self.device) if config.samples else None,
+                generator=request_generator(config.seed, self.device) if strategy.samples else None,
                 stop_rule=self.stop_rule.with_extra(request.stop_strings),
             )
             for index, request in enumerate(requests)
         ]
-        group_size = 1 if config.strategy == "opera" else self.batch_size
-        sharing = self.share_prefixes and config.strategy in SHARING_STRATEGIES and group_size > 1
+        group_size = 1 if strategy.one_request_at_a_time else self.batch_size
+        sharing = self.share_prefixes and strategy.shares_prefixes and group_size > 1
         order = self._batch_order(prepared) if sharing else sorted(range(len(requests)), key=lambda i: -prepared[i].length)
         results: list[GenerationResult | None] = [None] * len(requests)
         bar = _progress_bar(len(requests), config.strategy) if progress else None
         with self._lock, torch.no_grad():
             for start in range(0, len(order), group_size):
                 group = order[start : start + group_size]
-                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], config, sharing)
+                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], strategy, sharing)
                 for index, answer in zip(group, answers):
                     results[index] = GenerationResult(answer.visible_text, answer.token_ids, answer.finish_reason, prepared[index].length)
                 if bar is not None:
@@ -197,52 +192,14 @@ class GenerationEngine:
         ordered = sorted(groups.values(), key=lambda members: -max(prepared[i].length for i in members))
         return [index for members in ordered for index in sorted(members, key=lambda i: -prepared[i].length)]
 
-    # ------------------------------------------------------------------ strategies
-    def _run_group(self, prompts: list[PreparedPrompt], controls: list[RowControl], config: DecodingConfig,
+    # ------------------------------------------------------------------ one batch
+    def _run_group(self, prompts: list[PreparedPrompt], controls: list[RowControl], strategy: DecodingStrategy,
                    share_prefixes: bool = False) -> list[AnswerText]:
         batch = collate(prompts, self.pad_token_id)
         if share_prefixes:
             batch.prefill_steps = plan_shared_prefill(prompts, self.image_token_id, self.pad_token_id)
-        runner = ModelRunner(self.model)
-        strategy = config.strategy
-        if strategy in ("beam", "opera"):
-            return self._run_beams(runner, batch, controls, config)
-        answers = [AnswerText(self.tokenizer, control.stop_rule) for control in controls]
-        if strategy == "vcd" and batch.pixel_values is not None:
-            seed = config.seed if config.seed is not None else 0
-            source = ContrastiveLogits(runner, config.vcd.alpha, config.vcd.beta, config.vcd.noise_step, [seed] * batch.rows)
-            choose = TokenChooser(config, sample=config.vcd.base == "sample")
-        else:  # greedy, sample, and VCD on text-only batches (nothing to contrast)
-            source = PlainLogits(runner)
-            choose = TokenChooser(config, sample=config.samples)
-        decode_token_by_token(source, batch, answers, controls, choose, config.max_new_tokens)
-        return answers
-
-    def _run_beams(self, runner: ModelRunner, batch, controls: list[RowControl], config: DecodingConfig) -> list[AnswerText]:
-        def ends_for(rule: StopRule) -> Callable[[list[int]], bool]:
-            return lambda token_ids: hits_stop(self.tokenizer, rule, token_ids)
-
-        states = [
-            BeamSearchState(config.num_beams, config.length_penalty, len(self.stop_rule.eos_ids), ends_for(control.stop_rule))
-            for control in controls
-        ]
-        if config.strategy == "opera":
-            image_columns = (batch.input_ids[0] == self.image_token_id).to(runner.device)
-            search = OperaSearch(runner, config.opera, states[0], image_columns, config.max_new_tokens, controls[0])
-            states = [search.run(batch)]
-        else:
-            beam_search(runner, batch, states, controls, config.max_new_tokens)
-        answers = []
-        for state, control in zip(states, controls):
-            best = state.best()
-            cancelled = control.cancelled is not None and control.cancelled()
-            reason = "cancelled" if cancelled and not best.ended else ("stop" if best.ended else "length")
-            answer = final_answer(self.tokenizer, control.stop_rule, best.token_ids, reason)
-            piece = answer.take_stream_piece() if control.listener is not None else ""
-            if piece:
-                control.listener(piece)
-            answers.append(answer)
-        return answers
+        context = DecodingContext(ModelRunner(self.model), self.tokenizer, self.image_token_id, len(self.stop_rule.eos_ids))
+        return strategy.decode(context, batch, controls)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -11,7 +11,9 @@ answer is complete (or the client has gone).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from crystalvlm.infer.decoding.limits import DecodingLimits
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class ServerLimits:
     allow_remote_images: bool = False
     remote_image_timeout_s: float = 10.0  # one deadline for all the remote images of a request
     remote_image_networks: tuple[str, ...] = ()  # non-public networks remote images may come from
+    # Caps on beams, OPERA's rollbacks, ... that a request's "decoding" string cannot raise (decoding/limits.py).
+    # Its max_new_tokens is replaced per request: the request's max_tokens, or without one `max_tokens` above.
+    decoding: DecodingLimits = field(default_factory=DecodingLimits)
 
     def __post_init__(self) -> None:
         if self.max_images * self.max_image_pixels > self.max_pending_pixels:

@@ -15,8 +15,9 @@ limits, the pixel count read from the header before decoding, and only the forma
 `data.images.IMAGE_FORMATS` are decoded.
 
 Beyond OpenAI's fields the request may carry `"decoding"`: a decoding string such as `"opera"` or
-`"vcd:alpha=1"` (see decoding/config.py). Without it, `temperature` > 0 samples and a missing or zero
-temperature decodes greedily.
+`"vcd:alpha=1"` (see decoding/config.py), within the server's caps (`ServerLimits.decoding`: beams,
+OPERA's rollbacks, ...; a max_new_tokens no more than max_tokens). Without it, `temperature` > 0
+samples and a missing or zero temperature decodes greedily.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import base64
 import binascii
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Callable, Literal, Union
 
 import anyio
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from crystalvlm.data.images import IMAGE_FORMATS, ImageError, decode_image_bytes
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
 from crystalvlm.infer.decoding.config import DecodingConfig, DecodingConfigError
+from crystalvlm.infer.decoding.limits import DecodingLimitError
 from crystalvlm.infer.limits import ServerLimits
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -325,6 +327,9 @@ def _read_image_url(reference: ImageReference, limits: ServerLimits) -> None:
 
 def _decoding_config(request: ChatCompletionRequest, limits: ServerLimits) -> DecodingConfig:
     max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    # The most new tokens the decoding string may ask for: the checked max_tokens when the client sent one.
+    budget_cap, budget_source = ((limits.max_tokens, "this server's max_tokens") if max_tokens is None
+                                 else (max_tokens, "the request's max_tokens"))
     if max_tokens is None:
         max_tokens = limits.default_max_tokens
     if not 1 <= max_tokens <= limits.max_tokens:
@@ -341,9 +346,15 @@ def _decoding_config(request: ChatCompletionRequest, limits: ServerLimits) -> De
     if decoding is None:
         decoding = "sample" if request.temperature else "greedy"
     try:
-        return DecodingConfig.parse(decoding, **common)
+        config = DecodingConfig.parse(decoding, **common)
+        decoding_limits = replace(limits.decoding, max_new_tokens=budget_cap)
+        decoding_limits.check(config)
+    except DecodingLimitError as error:
+        why = budget_source if error.key == "max_new_tokens" else "this server's limit"
+        raise ApiError(400, f"{error} ({why})", "decoding", "decoding_limit_exceeded") from None
     except (DecodingConfigError, TypeError) as error:
         raise ApiError(400, f"bad decoding settings: {error}", "decoding") from None
+    return config
 
 
 def _stop_strings(stop: str | list[str] | None, limits: ServerLimits) -> tuple[str, ...]:

@@ -9,19 +9,36 @@ A batch may instead carry `prefill_steps` (shared_prefix.py): the prompts' cache
 forwards, each extending rows of the previous one, so that a prefix shared by several rows (system
 prompt, image, question stem) is computed once and its cache rows repeated.
 
-Everything is written against the stable `transformers` 5.x surface: the model's forward with
-`past_key_values`, `DynamicCache.reorder_cache` and `DynamicCache.crop(-n)` (a negative count removes
-tokens in every 5.x release).
+Everything is written against the stable `transformers` 5.x surface: the model's forward with a
+cache, `DynamicCache.reorder_cache` and `DynamicCache.crop(-n)` (a negative count removes tokens in
+every 5.x release). The cache's keyword is the one exception: it was renamed from `past_key_values` to
+`cache` during 5.x (5.24 warns on the old name, which goes in 5.40), so it is read off the model's
+forward once (`cache_keyword`) and used both to pass the cache and to read it from the output.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """The name under which `model_class.forward` takes the KV cache, and its output returns it:
+    `cache` in transformers releases that renamed it, `past_key_values` before.
+
+    Read from the signature (transformers' decorators keep the wrapped function's, via __wrapped__). A
+    forward that names neither (a wrapper taking **kwargs) gets `past_key_values`, which every 5.x
+    release accepts.
+    """
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass
@@ -69,6 +86,7 @@ class ModelRunner:
     def __init__(self, model) -> None:
         self.model = model
         self.device = next(model.parameters()).device
+        self.cache_keyword = cache_keyword(type(model))  # "cache" or "past_key_values", by transformers release
         self.cache = None
         self.attention_mask: torch.Tensor | None = None  # (R, T) over everything in the cache
         self.next_positions: torch.Tensor | None = None  # (R,) position id of the next token
@@ -94,7 +112,7 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits: (R, 1, V) instead of (R, L, V)
         )
-        self.cache = output.past_key_values
+        self.cache = getattr(output, self.cache_keyword)
         self.attention_mask = attention_mask
         self.next_positions = positions[:, -1] + 1
         return output.logits[:, -1, :].float()
@@ -119,11 +137,11 @@ class ModelRunner:
                 pixel_values=pixel_values,
                 attention_mask=attention_mask,
                 position_ids=step.position_ids.to(self.device),
-                past_key_values=self.cache,
+                **{self.cache_keyword: self.cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
-            self.cache = output.past_key_values
+            self.cache = getattr(output, self.cache_keyword)
             self.attention_mask = attention_mask
         # Every row of the last step ends with its prompt's last token.
         self.next_positions = steps[-1].position_ids[:, -1].to(self.device) + 1
@@ -145,11 +163,11 @@ class ModelRunner:
             input_ids=tokens,
             attention_mask=self.attention_mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            **{self.cache_keyword: self.cache},
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = output.past_key_values
+        self.cache = getattr(output, self.cache_keyword)
         self.next_positions = self.next_positions + count
         return output.logits[:, -1, :].float()
 

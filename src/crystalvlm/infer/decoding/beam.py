@@ -11,7 +11,8 @@ Per request and step (B beams, V tokens, K = max(2, 1 + number of eos ids) * B):
    heuristic as transformers with early_stopping=False), or when every continuation ended.
 
 The answer is the best finished hypothesis. `BeamSearchState` holds one request's beams and is reused
-by OPERA, which changes the per-step scores but keeps this bookkeeping.
+by OPERA, which changes the per-step scores but keeps this bookkeeping (`new_beam_states` and
+`best_answers` too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Callable
 import torch
 
 from crystalvlm.infer.decoding.greedy_sampling import RowControl
+from crystalvlm.infer.decoding.strategy import BEAMS, LENGTH, DecodingContext, DecodingStrategy
 from crystalvlm.infer.runner import ModelRunner, PromptBatch
+from crystalvlm.infer.text_stream import AnswerText, final_answer, hits_stop
 
 NEGATIVE = -1.0e9  # transformers' "impossible" score: finite, so sums stay well defined
 
@@ -160,3 +163,39 @@ def beam_search(
         runner.select_rows(keep_rows)
         logits = runner.step(torch.tensor(next_tokens))
         active = still_running
+
+
+class BeamDecoding(DecodingStrategy):
+    name = "beam"
+    uses = LENGTH | BEAMS
+
+    def decode(self, context, batch, controls):
+        states = new_beam_states(context, controls, self.config.num_beams, self.config.length_penalty)
+        beam_search(context.runner, batch, states, controls, self.config.max_new_tokens)
+        return best_answers(context, states, controls)
+
+
+def new_beam_states(context: DecodingContext, controls: list[RowControl], num_beams: int,
+                    length_penalty: float) -> list[BeamSearchState]:
+    """One empty search per request; a beam ends by an eos id or its request's stop strings."""
+
+    def ends_for(control: RowControl) -> Callable[[list[int]], bool]:
+        return lambda token_ids: hits_stop(context.tokenizer, control.stop_rule, token_ids)
+
+    return [BeamSearchState(num_beams, length_penalty, context.eos_count, ends_for(control)) for control in controls]
+
+
+def best_answers(context: DecodingContext, states: list[BeamSearchState], controls: list[RowControl]) -> list[AnswerText]:
+    """Each request's best hypothesis as its answer; a listener gets the whole text at once (beams
+    change their earlier tokens until the search ends, so nothing can be streamed before)."""
+    answers = []
+    for state, control in zip(states, controls):
+        best = state.best()
+        cancelled = control.cancelled is not None and control.cancelled()
+        reason = "cancelled" if cancelled and not best.ended else ("stop" if best.ended else "length")
+        answer = final_answer(context.tokenizer, control.stop_rule, best.token_ids, reason)
+        piece = answer.take_stream_piece() if control.listener is not None else ""
+        if piece:
+            control.listener(piece)
+        answers.append(answer)
+    return answers

@@ -1,5 +1,8 @@
 """Token-by-token decoding of a batch: greedy or sampling, over any source of next-token logits.
 
+The loop shared by the strategies that choose one token per request and step (greedy.py, sample.py,
+vcd.py); they differ in where the logits come from and how a token is chosen from them.
+
 The loop feeds every unfinished row its chosen token, drops rows whose answers finished (their cache
 rows too, so long answers do not pay for short ones) and reports each new text piece to the row's
 listener. What produces the logits is a `LogitsSource`: the plain model here, the clean/distorted
@@ -12,13 +15,15 @@ Sampling warps logits as `transformers` does — temperature, then top-k, then t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 
-from crystalvlm.infer.decoding.config import DecodingConfig
 from crystalvlm.infer.runner import ModelRunner, PromptBatch
 from crystalvlm.infer.text_stream import AnswerText, StopRule
+
+if TYPE_CHECKING:
+    from crystalvlm.infer.decoding.config import DecodingConfig
 
 Listener = Callable[[str], None]
 
@@ -138,3 +143,17 @@ def decode_token_by_token(
             tokens = tokens[still_running]
             active = [active[row] for row in still_running]
         logits = source.step(tokens)
+
+
+def answer_token_by_token(
+    source: LogitsSource,
+    batch: PromptBatch,
+    controls: list[RowControl],
+    choose: Callable[[torch.Tensor, list[RowControl]], torch.Tensor],
+    tokenizer,
+    max_new_tokens: int,
+) -> list[AnswerText]:
+    """`decode_token_by_token` into fresh answers, one per row, each ending by its row's stop rule."""
+    answers = [AnswerText(tokenizer, control.stop_rule) for control in controls]
+    decode_token_by_token(source, batch, answers, controls, choose, max_new_tokens)
+    return answers

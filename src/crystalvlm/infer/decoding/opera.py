@@ -47,13 +47,43 @@ from dataclasses import dataclass, field
 
 import torch
 
-from crystalvlm.infer.decoding.beam import BeamSearchState
-from crystalvlm.infer.decoding.config import OperaParams
+from crystalvlm.infer.decoding.beam import BeamSearchState, best_answers, new_beam_states
 from crystalvlm.infer.decoding.greedy_sampling import RowControl
+from crystalvlm.infer.decoding.settings import setting
+from crystalvlm.infer.decoding.strategy import BEAMS, LENGTH, DecodingStrategy
 from crystalvlm.infer.runner import ModelRunner, PromptBatch
 
 PHI_SCALE = 1e-7  # the reference's constant factor in front of the column product
 PHI_CEILING = 65504.0  # float16's largest finite value: the reference's phi saturates here
+
+
+@dataclass(frozen=True)
+class OperaParams:
+    """OPERA's own settings (`opera:key=value`). Server caps bound the work one request can cause: every
+    candidate is one more forward per step, and each rollback rebuilds the cache over up to `history` tokens."""
+
+    num_candidates: int = setting(5, low=1, server_cap=10)  # tokens per beam whose attention is probed (num_attn_candidates)
+    scale_factor: float = setting(50.0, above=0)  # attention weights are scaled by this before the column product
+    penalty_weight: float = setting(1.0, low=0)  # weight of the over-trust penalty subtracted from candidate scores
+    threshold: int = setting(15, low=1)  # roll back once one summary position was the maximum more often than this
+    max_rollbacks: int = setting(5, low=0, server_cap=10)  # rollbacks allowed to one position
+    rollback: bool = True  # retrospection-allocation on/off
+    warmup: int = setting(10, low=1)  # first tokens use the image-attention reward; no rollback to positions before it
+    history: int = setting(512, low=1, server_cap=1024)  # steps kept for rollback (OPERA's window_size)
+
+
+class OperaDecoding(DecodingStrategy):
+    name = "opera"
+    params_type = OperaParams
+    uses = LENGTH | BEAMS
+    one_request_at_a_time = True  # a rollback moves one request back by its own number of tokens
+
+    def decode(self, context, batch, controls):
+        config = self.config
+        (state,) = new_beam_states(context, controls, config.num_beams, config.length_penalty)
+        image_columns = (batch.input_ids[0] == context.image_token_id).to(context.runner.device)  # (L,) bool
+        search = OperaSearch(context.runner, config.params, state, image_columns, config.max_new_tokens, controls[0])
+        return best_answers(context, [search.run(batch)], controls)
 
 
 def normalised_last_row(attention: torch.Tensor) -> torch.Tensor:

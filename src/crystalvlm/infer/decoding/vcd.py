@@ -20,11 +20,48 @@ always plausible, so greedy VCD is exactly greedy decoding.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from crystalvlm.infer.decoding.config import DIFFUSION_STEPS
+from crystalvlm.infer.decoding.greedy_sampling import PlainLogits, TokenChooser, answer_token_by_token
+from crystalvlm.infer.decoding.settings import setting
+from crystalvlm.infer.decoding.strategy import LENGTH, SAMPLING, DecodingStrategy
 from crystalvlm.infer.runner import ModelRunner, PromptBatch
+
+DIFFUSION_STEPS = 1000
+VCD_BASES = ("greedy", "sample")
+
+
+@dataclass(frozen=True)
+class VcdParams:
+    """VCD's own settings (`vcd:key=value`); the published ones are the defaults."""
+
+    alpha: float = setting(1.0, low=0, server_cap=10)  # contrast strength: (1 + alpha) * clean - alpha * distorted
+    beta: float = setting(0.1, low=0, high=1)  # plausibility: keep tokens with clean probability >= beta * max probability
+    noise_step: int = setting(500, low=0, high=DIFFUSION_STEPS - 1)  # diffusion step of the distorted image
+    base: str = setting("greedy", choices=VCD_BASES)  # how a token is chosen from the contrastive logits
+
+
+class VcdDecoding(DecodingStrategy):
+    name = "vcd"
+    params_type = VcdParams
+    uses = LENGTH | SAMPLING  # the seed also seeds the image noise
+    shares_prefixes = False  # its prefill is its own paired batch of clean and distorted rows
+
+    @property
+    def samples(self) -> bool:
+        return self.params.base == "sample"
+
+    def decode(self, context, batch, controls):
+        config, params = self.config, self.params
+        if batch.pixel_values is None:  # nothing to contrast: the base strategy
+            source = PlainLogits(context.runner)
+        else:
+            seed = config.seed if config.seed is not None else 0
+            source = ContrastiveLogits(context.runner, params.alpha, params.beta, params.noise_step, [seed] * batch.rows)
+        choose = TokenChooser(config, sample=self.samples)
+        return answer_token_by_token(source, batch, controls, choose, context.tokenizer, config.max_new_tokens)
 
 
 def noise_schedule_alpha_bar(steps: int = DIFFUSION_STEPS) -> torch.Tensor:
