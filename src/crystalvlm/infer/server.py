@@ -212,8 +212,12 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
                 raise _busy(error) from None
             completion_id = new_completion_id()
             if chat.stream:
-                response = StreamingResponse(
-                    _events(job, completion_id, model_name, chat.include_usage, ticket.release),
+                def close(job=job) -> None:
+                    batcher.cancel(job)  # a no-op once it has finished
+                    ticket.release()
+
+                response = ClosingStream(
+                    _events(job, completion_id, model_name, chat.include_usage), close,
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
@@ -305,7 +309,23 @@ async def _answer_unless_hung_up(request: Request, job, batcher: RequestBatcher)
         raise
 
 
-async def _events(job, completion_id: str, model_name: str, include_usage: bool, on_close):
+class ClosingStream(StreamingResponse):
+    """A streamed response that calls `on_close` however it ends: finished, the client gone (even
+    before the first event, when the body's generator never starts and its `finally` never runs),
+    or failed."""
+
+    def __init__(self, content, on_close, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+async def _events(job, completion_id: str, model_name: str, include_usage: bool):
     """Server-sent events: a role chunk, content chunks, a finishing chunk, optionally usage, [DONE]."""
     created = int(time.time())
 
@@ -328,9 +348,8 @@ async def _events(job, completion_id: str, model_name: str, include_usage: bool,
             yield event(usage_chunk_body(completion_id, model_name, created, result.prompt_tokens, len(result.token_ids)))
         yield "data: [DONE]\n\n"
     finally:
-        # The client went away (or we are done): stop generating for it, and give its place back.
+        # The client went away (or we are done): stop generating for it.
         job.request.cancel.set()
-        on_close()
 
 
 # ---------------------------------------------------------------------------- the Host header
