@@ -272,3 +272,49 @@ def test_remote_images_are_fetched_when_allowed(server_engine, loopback_image_ho
         missing = test_client.post("/v1/chat/completions", json=image_url_request(loopback_image_host + "/gone.png"))
         assert missing.status_code == 400
         assert missing.json()["error"]["message"] == "messages[0].content[0]: the image could not be fetched from its URL"
+
+
+# ---------------------------------------------------------------------------- the schema
+def test_openapi_schema_and_offline_docs_page(live_server):
+    url = live_server["url"]
+    schema = httpx.get(url + "/openapi.json", timeout=10).json()
+    operation = schema["paths"]["/v1/chat/completions"]["post"]
+    request_schema = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1]
+    components = schema["components"]["schemas"]
+    assert request_schema == "ChatCompletionRequest"
+    assert {"messages", "model", "max_tokens", "temperature", "stop", "decoding"} <= set(components[request_schema]["properties"])
+    assert {"ChatCompletion", "ChatCompletionChunk", "ErrorResponse", "Message", "ModelList"} <= set(components)
+
+    def unresolved(node) -> list[str]:  # every $ref points at a schema that is there
+        if isinstance(node, dict):
+            return [ref for ref in [node.get("$ref")] if ref and ref.split("/")[-1] not in components] + \
+                [found for value in node.values() for found in unresolved(value)]
+        return [found for value in node for found in unresolved(value)] if isinstance(node, list) else []
+
+    assert unresolved(schema) == []
+    assert set(operation["responses"]) >= {"200", "400", "401", "413", "415", "503"}
+    assert set(schema["paths"]) >= {"/v1/chat/completions", "/v1/models", "/v1/models/{model_id}", "/health"}
+    page = httpx.get(url + "/docs", timeout=10)
+    assert page.status_code == 200 and "openapi.json" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing loaded from elsewhere: works offline
+
+
+def test_the_request_schema_refuses_wrong_types_naming_the_place(live_server):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    cases = [
+        ({"role": "user", "content": [{"type": "video", "url": "x"}]}, "messages[0].content[0]",
+         "'messages[0].content[0]' must be a part with type 'text' or 'image_url'"),
+        ({"role": "robot", "content": "hi"}, "messages[0].role", "'messages[0].role' must be 'system', 'developer', "),
+        ({"role": "user", "content": 5}, "messages[0].content", "must be a string or a non-empty array of parts, got 5"),
+        ({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}, "messages[0].content[0].image_url.url",
+         "'messages[0].content[0].image_url.url' is required"),
+    ]
+    for message, param, text in cases:
+        response = httpx.post(live_server["url"] + "/v1/chat/completions", headers=headers, timeout=10,
+                              json={"model": MODEL_NAME, "messages": [message]})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == param and text in error["message"] and error["type"] == "invalid_request_error"
+    response = httpx.post(live_server["url"] + "/v1/chat/completions", headers=headers, timeout=10,
+                          json=with_settings(seed=True, stream="yes"))
+    assert response.status_code == 400 and response.json()["error"]["message"] == "'seed' must be an integer, got True"

@@ -309,13 +309,14 @@ def live_server(app):
         thread.join(timeout=10)
 
 
-def test_a_client_that_hangs_up_stops_its_generation(engine):
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_client_that_hangs_up_stops_its_generation(engine, stream):
     from crystalvlm.infer.server import build_app
 
     slow = SlowEngine(engine)
     app = build_app(slow, MODEL, limits=ServerLimits(max_tokens=400))  # a full answer takes 20 s
     with live_server(app) as port:
-        body = json.dumps(ask(max_tokens=400)).encode()
+        body = json.dumps(ask(max_tokens=400, stream=stream)).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
             connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
@@ -324,7 +325,29 @@ def test_a_client_that_hangs_up_stops_its_generation(engine):
         hung_up = time.monotonic()
         assert slow.cancelled.wait(5), "the generation went on after the client hung up"
         assert time.monotonic() - hung_up < 3
-        assert app.state.batcher.cancelled == 1
+        deadline = time.monotonic() + 5
+        while app.state.admission.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.state.admission.requests == 0  # its place is given back
+
+
+def test_a_body_that_arrives_too_slowly_is_cut_off_and_its_place_given_back(engine):
+    from crystalvlm.infer.server import build_app
+
+    app = build_app(engine, MODEL, limits=ServerLimits(body_timeout_s=0.5, max_concurrent_requests=1))
+    with live_server(app) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                               b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ")
+            began = time.monotonic()
+            answer = b""
+            while b"}}" not in answer:  # the whole JSON error body
+                received = connection.recv(4096)
+                assert received, f"the connection closed after {answer!r}"
+                answer += received
+            assert time.monotonic() - began < 3
+            answer = answer.decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
         assert app.state.admission.requests == 0
 
 

@@ -55,6 +55,8 @@ def add_infer_subcommands(subparsers) -> None:
                        help="prompt tokens at most, images included (default: %(default)s)")
     serve.add_argument("--max-request-mib", type=float, default=defaults.max_request_bytes / 2**20,
                        help="largest request body in MiB, images included (default: %(default)s)")
+    serve.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s,
+                       help="seconds for a request body to arrive in full (default: %(default)s)")
     serve.add_argument("--max-image-mib", type=float, default=defaults.max_image_bytes / 2**20,
                        help="largest image in MiB, as sent (default: %(default)s)")
     serve.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
@@ -214,7 +216,7 @@ def server_limits(args: argparse.Namespace):
     from crystalvlm.infer.limits import ServerLimits
 
     for name in ("max_tokens", "max_prompt_tokens", "max_request_mib", "max_image_mib", "max_image_pixels", "max_images",
-                 "max_concurrent_requests", "max_pending_pixels", "remote_image_timeout", "batch_size"):
+                 "max_concurrent_requests", "max_pending_pixels", "remote_image_timeout", "batch_size", "body_timeout"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for network in args.remote_image_network:
@@ -224,6 +226,7 @@ def server_limits(args: argparse.Namespace):
             raise ValueError(f"--remote-image-network {network!r} is not a network such as 10.1.0.0/16") from None
     return ServerLimits(
         max_request_bytes=int(args.max_request_mib * 2**20),
+        body_timeout_s=args.body_timeout,
         max_image_bytes=int(args.max_image_mib * 2**20),
         max_image_pixels=args.max_image_pixels,
         max_images=args.max_images,

@@ -21,6 +21,7 @@ class ServerLimits:
     """What one request may ask for, and what the server holds at once. Set by the operator only."""
 
     max_request_bytes: int = 16 * 2**20  # whole JSON body
+    body_timeout_s: float = 30.0  # for the whole body to arrive (a slow sender holds a place meanwhile)
     max_image_bytes: int = 8 * 2**20  # one image, after base64 decoding
     max_image_pixels: int = 4096 * 4096  # width * height from the header, before decoding
     max_images: int = 4  # per request

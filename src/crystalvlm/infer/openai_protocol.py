@@ -85,9 +85,12 @@ class ImageUrl(BaseModel):
     detail: str | None = Field(None, description="accepted and ignored")
 
 
+ImageUrlValue = _by_json_type("must be an object with a 'url' string", object=ImageUrl, string=str)
+
+
 class ImagePart(BaseModel):
     type: Literal["image_url"]
-    image_url: _by_json_type("must be an object with a 'url' string", object=ImageUrl, string=str)
+    image_url: ImageUrlValue
 
 
 def _part_kind(value: Any) -> str | None:
@@ -101,10 +104,14 @@ ContentPart = Annotated[
 ]
 
 
+Content = _by_json_type("must be a string or a non-empty array of parts", string=str,
+                        array=Annotated[list[ContentPart], Field(min_length=1)])
+StopValue = _by_json_type("must be a string or an array of strings", string=str, array=list[str])
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: _by_json_type("must be a string or a non-empty array of parts", string=str,
-                           array=Annotated[list[ContentPart], Field(min_length=1)])
+    content: Content
 
 
 class StreamOptions(BaseModel):
@@ -126,7 +133,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = None
     n: int | None = Field(None, description="must be 1")
-    stop: _by_json_type("must be a string or an array of strings", string=str, array=list[str]) | None = None
+    stop: StopValue | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     logprobs: bool | None = Field(None, description="not supported")

@@ -120,10 +120,13 @@ async def fetch(url: str, policy: FetchPolicy, client: httpx.AsyncClient) -> byt
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = await anyio.to_thread.run_sync(resolve_addresses, host, port, abandon_on_cancel=True)
-    except OSError as error:
+    except (OSError, UnicodeError, ValueError) as error:  # UnicodeError: a name IDNA cannot encode
         raise RemoteImageError(GENERIC, f"{host} does not resolve ({error})") from None
     address = permitted_address(host, addresses, policy)
-    pinned = httpx.URL(url).copy_with(host=str(address))
+    try:
+        pinned = httpx.URL(url).copy_with(host=str(address))
+    except httpx.InvalidURL as error:
+        raise RemoteImageError(f"the image URL is malformed ({error})") from None
     headers = {"Host": parts.netloc.rpartition("@")[2], "Accept": "image/*",
                "Accept-Encoding": "identity", "User-Agent": "crystalvlm-image-fetch"}
     extensions = {"sni_hostname": host} if parts.scheme == "https" else {}

@@ -91,7 +91,10 @@ class RequestBatcher:
         return job
 
     def cancel(self, job: Job) -> None:
-        """Stop working on `job`: skipped if still queued, stopped at its next token if running."""
+        """Stop working on `job`: skipped if still queued, stopped at its next token if running
+        (nothing once it has finished). Call from the event loop the job was submitted on."""
+        if job.result.done():
+            return
         if job.request.cancel is None:
             job.request.cancel = threading.Event()
         if not job.request.cancel.is_set():

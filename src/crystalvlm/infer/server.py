@@ -13,7 +13,8 @@ of them. Concurrent requests are batched together by a background worker (reques
 
 Limits. All are the operator's (`ServerLimits`, `crystalvlm serve --help`); no request can change them.
 
-* Body: at most `max_request_bytes`, refused while it arrives; parsed and checked off the event loop.
+* Body: at most `max_request_bytes`, refused while it arrives, and all of it within `body_timeout_s`;
+  parsed and checked off the event loop.
 * Text: message count, then characters (`max_prompt_chars`, a bound no prompt within
   `max_prompt_tokens` exceeds) before anything is tokenised, then tokens, images included.
 * Stop strings: how many, and how long each (matching them costs grows with the square of the length).
@@ -50,6 +51,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Iterable
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
@@ -136,7 +138,7 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
 
     errors = {status: {"model": ErrorResponse, "description": description} for status, description in (
         (400, "a refused request"), (401, "no or a wrong API key"), (404, "an unknown model"),
-        (413, "a body or an image over the limits"), (415, "not Content-Type: application/json"),
+        (408, "the body arrived too slowly"), (413, "a body or an image over the limits"), (415, "not Content-Type: application/json"),
         (503, "busy: retry later"))}
 
     # ------------------------------------------------------------------ routes
@@ -192,7 +194,7 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
             raise _busy(error) from None
         handed_to_stream = False
         try:
-            body = await _read_body(request, limits.max_request_bytes)
+            body = await _read_body(request, limits.max_request_bytes, limits.body_timeout_s)
             chat = await run_in_threadpool(parse_chat_request, body, model_name, limits)
             del body
             await fetch_remote_images(chat.images, limits)
@@ -212,8 +214,12 @@ def build_app(engine: GenerationEngine, model_name: str, api_key: str | None = N
                 raise _busy(error) from None
             completion_id = new_completion_id()
             if chat.stream:
-                response = StreamingResponse(
-                    _events(job, completion_id, model_name, chat.include_usage, ticket.release),
+                def close(job=job) -> None:
+                    batcher.cancel(job)  # a no-op once it has finished
+                    ticket.release()
+
+                response = ClosingStream(
+                    _events(job, completion_id, model_name, chat.include_usage), close,
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
@@ -277,15 +283,19 @@ def _prompt_length(engine: GenerationEngine, request: GenerationRequest, max_new
         raise ApiError(400, str(error), "messages") from None
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ApiError(413, f"the request body has {declared} bytes; at most {max_bytes} are accepted", code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise ApiError(413, f"the request body is over {max_bytes} bytes", code="request_too_large")
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ApiError(413, f"the request body is over {max_bytes} bytes", code="request_too_large")
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s", code="request_timeout") from None
     return bytes(body)
 
 
@@ -305,7 +315,23 @@ async def _answer_unless_hung_up(request: Request, job, batcher: RequestBatcher)
         raise
 
 
-async def _events(job, completion_id: str, model_name: str, include_usage: bool, on_close):
+class ClosingStream(StreamingResponse):
+    """A streamed response that calls `on_close` however it ends: finished, the client gone (even
+    before the first event, when the body's generator never starts and its `finally` never runs),
+    or failed."""
+
+    def __init__(self, content, on_close, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+async def _events(job, completion_id: str, model_name: str, include_usage: bool):
     """Server-sent events: a role chunk, content chunks, a finishing chunk, optionally usage, [DONE]."""
     created = int(time.time())
 
@@ -328,9 +354,8 @@ async def _events(job, completion_id: str, model_name: str, include_usage: bool,
             yield event(usage_chunk_body(completion_id, model_name, created, result.prompt_tokens, len(result.token_ids)))
         yield "data: [DONE]\n\n"
     finally:
-        # The client went away (or we are done): stop generating for it, and give its place back.
+        # The client went away (or we are done): stop generating for it.
         job.request.cancel.set()
-        on_close()
 
 
 # ---------------------------------------------------------------------------- the Host header
