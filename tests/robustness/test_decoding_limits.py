@@ -38,7 +38,7 @@ def serve(engine, decoding_limits: DecodingLimits | None = None):
     if decoding_limits is not None:
         limits = ServerLimits(max_tokens=MAX_TOKENS, default_max_tokens=DEFAULT_MAX_TOKENS, batch_wait_ms=1,
                               decoding=decoding_limits)
-    return TestClient(build_app(engine, MODEL_NAME, limits=limits))
+    return TestClient(build_app(engine, MODEL_NAME, limits=limits), base_url="http://localhost")
 
 
 @pytest.fixture(scope="module")
