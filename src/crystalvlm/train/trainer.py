@@ -199,7 +199,8 @@ def freeze(run: StageRun, model) -> list[dict]:
     summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
     if run.accelerator.is_main_process:
         summary.write(run.folder / "freeze_summary.json")
-    run.say(f"stage {stage.name}: template {stage.template}, precision {summary.precision}, "
+    precision = "fp32" if summary.precision == "no" else summary.precision
+    run.say(f"stage {stage.name}: template {stage.template}, precision {precision}, "
             f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}")
     return groups
 
