@@ -12,6 +12,7 @@ A stage runs as named steps, each a function below, in this order:
     build_or_load the recipe's model, or the previous stage's checkpoint
     check_data    every record checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed
+    anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
     plan_steps    batches per epoch, total and warm-up steps
     optimise      AdamW over the trained parts, cosine schedule
     resume        model, optimizer, scheduler and RNG from the latest resume state
