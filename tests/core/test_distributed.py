@@ -38,3 +38,19 @@ def test_two_process_torchrun_matches_single_process(colour_world, tiny_tokenize
         for step, (a, b) in enumerate(zip(expected, got), start=1):
             assert abs(a - b) <= TOLERANCE * abs(a), f"{stage} step {step}: single {a} vs 2-process {b}"
     assert (tmp_path / "ddp_run/finetune/final/model.safetensors").is_file()
+
+
+def test_two_processes_train_the_vision_tower(colour_world, tiny_tokenizer_dir, tmp_path):
+    """Llava reads image features from an inner tower layer (-2), so the tower's top layer and
+    post-layernorm never reach the loss: a stage that trains the tower must still run under DDP."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    recipe = tiny_recipe(tmp_path, tiny_tokenizer_dir, colour_world, batch_size=2, max_steps=2)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+                          "-m", "crystalvlm.cli", "train", str(recipe), "--stage", "align", "--out", str(tmp_path / "run"),
+                          "--quiet", "--set", "stages.align.tunable=[vision, projector]",
+                          "--set", "stages.align.lr.vision=1e-4"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    summary = json.loads((tmp_path / "run/align/freeze_summary.json").read_text())
+    assert summary["parts"]["vision"]["trains"] and summary["parts"]["vision"]["lr"] == 1e-4
+    assert len(_losses(tmp_path / "run", "align")) == 2

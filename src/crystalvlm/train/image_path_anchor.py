@@ -14,7 +14,9 @@ every trained parameter in every micro-batch. The dummy runs inside the model's 
 hook on the LlavaModel), so DDP and FSDP see it as part of the wrapped module's forward.
 
 Micro-batches that have images are left untouched: their loss and gradients are bitwise those of
-the plain model.
+the plain model. One consequence is intended: in an optimizer step whose whole global batch is
+text-only, the image path's gradient is zero rather than absent, so AdamW still moves it by its
+momentum (and weight decay), as in LLaVA, instead of skipping it for that step.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ optimizer and scheduler state, every RNG state and the step counter. It is writt
 temporary name, fsynced, then renamed; the `latest` file is replaced atomically afterwards. A kill
 at any moment therefore leaves either the previous complete checkpoint or the new one as latest,
 never a half-written one.
+
+`trainer.pt` holds tensors and plain values only (the RNG states included) and is read with
+`torch.load(weights_only=True)`, so a run folder from elsewhere cannot run code on `--resume`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ class UnsafeResumeState(ValueError):
     """A resume file that would need arbitrary unpickling: refused before anything in it runs."""
 
 
-# Every state is stored as tensors and plain values, so trainer.pt loads with
-# torch.load(weights_only=True): a crafted run folder cannot run code on --resume.
 def _rng_state() -> dict:
     python_version, python_internal, python_gauss = random.getstate()  # (3, 625 ints, float | None)
     numpy_algorithm, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()

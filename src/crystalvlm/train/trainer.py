@@ -12,6 +12,7 @@ A stage runs as named steps, each a function below, in this order:
     build_or_load the recipe's model, or the previous stage's checkpoint
     check_data    every record checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed
+    anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
     plan_steps    batches per epoch, total and warm-up steps
     optimise      AdamW over the trained parts, cosine schedule
     resume        model, optimizer, scheduler and RNG from the latest resume state
@@ -199,7 +200,8 @@ def freeze(run: StageRun, model) -> list[dict]:
     summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
     if run.accelerator.is_main_process:
         summary.write(run.folder / "freeze_summary.json")
-    run.say(f"stage {stage.name}: template {stage.template}, precision {summary.precision}, "
+    precision = "fp32" if summary.precision == "no" else summary.precision
+    run.say(f"stage {stage.name}: template {stage.template}, precision {precision}, "
             f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}")
     return groups
 
