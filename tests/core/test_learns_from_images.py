@@ -3,7 +3,6 @@ answers' loss with the right images is far below the loss with the images shuffl
 
 from __future__ import annotations
 
-import pytest
 import torch
 import yaml
 

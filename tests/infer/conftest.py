@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from infer_fixtures import API_KEY, MODEL_NAME, SERVER_LIMITS, square_image
 
