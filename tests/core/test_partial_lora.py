@@ -194,3 +194,35 @@ def test_named_targets_wrap_only_those_layers(tiny_checkpoint):
     assert all(name.endswith(("q_proj", "v_proj")) for name in wrapped)
     with pytest.raises(ValueError, match="already"):
         add_partial_lora(model, r=2, alpha=4, dropout=0.0, target_modules=None)
+
+
+def test_generation_uses_the_image_update(base_and_wrapped):
+    base, wrapped, processor, parameters = base_and_wrapped
+    _perturb(parameters, scale=0.3)
+    options = dict(max_new_tokens=6, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    images, text = _image_inputs(processor), _text_inputs(processor)
+    with torch.no_grad():
+        assert not torch.equal(wrapped.generate(**images, **options), base.generate(**images, **options))
+        assert torch.equal(wrapped.generate(**text, **options), base.generate(**text, **options))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(base_and_wrapped):
+    """Recomputation during backward must see the image positions of its forward."""
+    _, wrapped, processor, parameters = base_and_wrapped
+    _perturb(parameters, scale=0.1)
+    inputs = _image_inputs(processor)
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+
+    def gradients() -> list[torch.Tensor]:
+        for parameter in parameters:
+            parameter.grad = None
+        wrapped(**inputs, labels=labels).loss.backward()
+        return [parameter.grad.clone() for parameter in parameters]
+
+    wrapped.train()
+    plain = gradients()
+    wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = gradients()
+    wrapped.gradient_checkpointing_disable()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+    assert any(gradient.abs().sum() > 0 for gradient in checkpointed)
