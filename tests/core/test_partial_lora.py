@@ -226,3 +226,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(base_and_wrapped):
     wrapped.gradient_checkpointing_disable()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
     assert any(gradient.abs().sum() > 0 for gradient in checkpointed)
+
+
+def test_saving_from_a_gathered_state_dict_and_refusing_a_plain_save(base_and_wrapped, tmp_path):
+    from crystalvlm.models.checkpoint import CheckpointInfo, save_checkpoint
+
+    _, wrapped, processor, parameters = base_and_wrapped
+    _perturb(parameters)
+    with pytest.raises(ValueError, match="save_partial_lora"):
+        save_checkpoint(wrapped, processor, tmp_path / "plain", CheckpointInfo())
+    # As the trainer saves: the full state dict (gathered from every rank) passed alongside.
+    state_dict = {key: tensor.clone() for key, tensor in wrapped.state_dict().items()}
+    save_partial_lora(wrapped, tmp_path / "plora", processor=processor, state_dict=state_dict)
+    loaded, _ = load_partial_lora(tmp_path / "plora")
+    inputs = _image_inputs(processor)
+    assert torch.equal(_logits(loaded, inputs), _logits(wrapped, inputs))

@@ -208,6 +208,17 @@ def _lora_state_dict(model, state: PartialLoraState) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _split_state_dict(state_dict: dict[str, torch.Tensor], state: PartialLoraState):
+    """A wrapped model's state dict -> (the plain model's, with `.base_layer.` names undone; the A/B tensors)."""
+    lora_keys = {f"{name}.lora_{part}.weight" for name in state.module_names for part in "AB"}
+    missing = sorted(lora_keys - set(state_dict))
+    if missing:
+        raise ValueError(f"save_partial_lora: the state dict lacks Partial LoRA tensors, e.g. {missing[:3]}")
+    lora_state = {key: state_dict[key].detach().contiguous().cpu() for key in sorted(lora_keys)}
+    base_state = {key.replace(".base_layer.", "."): tensor for key, tensor in state_dict.items() if key not in lora_keys}
+    return base_state, lora_state
+
+
 class _BaseLayersInPlace:
     """Temporarily puts the base Linear layers back, so transformers saves a plain Llava model with
     its own parameter names (no `.base_layer.`, no lora tensors)."""
@@ -216,6 +227,8 @@ class _BaseLayersInPlace:
         self.model, self.state, self.wrappers = model, state, {}
 
     def __enter__(self):
+        # Hidden too, so save_checkpoint (which refuses a model with PLoRA layers) sees a plain model.
+        del self.model._partial_lora
         for name in self.state.module_names:
             parent_name, _, child_name = name.rpartition(".")
             parent = self.model.get_submodule(parent_name)
@@ -227,16 +240,20 @@ class _BaseLayersInPlace:
         for name, wrapper in self.wrappers.items():
             parent_name, _, child_name = name.rpartition(".")
             setattr(self.model.get_submodule(parent_name), child_name, wrapper)
+        self.model._partial_lora = self.state
         return False
 
 
-def save_partial_lora(model, folder: Path, processor=None, info: CheckpointInfo | None = None) -> None:
+def save_partial_lora(model, folder: Path, processor=None, info: CheckpointInfo | None = None,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint folder that `load_partial_lora` reloads: the base model as a normal checkpoint,
     plus partial_lora.json and partial_lora.safetensors. Written whole into a staging folder and
     renamed into place, so a killed writer leaves no half PLoRA checkpoint.
 
     `processor` defaults to the one of the checkpoint the model was loaded from (model.name_or_path);
-    `info` (template, image mode, stage) defaults to that checkpoint's sidecar.
+    `info` (template, image mode, stage) defaults to that checkpoint's sidecar. `state_dict` is the
+    wrapped model's full state dict where the parameters live elsewhere (gathered from FSDP ranks,
+    `accelerator.get_state_dict`); by default the model's own tensors are saved.
     """
     from safetensors.torch import save_file
 
@@ -263,12 +280,13 @@ def save_partial_lora(model, folder: Path, processor=None, info: CheckpointInfo 
     config = model.config
     # The config says the folder is more than its native weights (a plain from_pretrained gives the base).
     config.crystalvlm_partial_lora = PARTIAL_LORA_CONFIG
+    base_state, lora_state = (None, _lora_state_dict(model, state)) if state_dict is None else _split_state_dict(state_dict, state)
     try:
         with _BaseLayersInPlace(model, state):
-            save_checkpoint(model, processor, staging, info)
+            save_checkpoint(model, processor, staging, info, state_dict=base_state)
     finally:
         del config.crystalvlm_partial_lora
-    save_file(_lora_state_dict(model, state), str(staging / PARTIAL_LORA_WEIGHTS), metadata={"format": "pt"})
+    save_file(lora_state, str(staging / PARTIAL_LORA_WEIGHTS), metadata={"format": "pt"})
     (staging / PARTIAL_LORA_CONFIG).write_text(json.dumps(settings, indent=2) + "\n")
     for name in (PARTIAL_LORA_WEIGHTS, PARTIAL_LORA_CONFIG):
         with open(staging / name, "rb") as handle:
