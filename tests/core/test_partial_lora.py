@@ -241,3 +241,24 @@ def test_saving_from_a_gathered_state_dict_and_refusing_a_plain_save(base_and_wr
     loaded, _ = load_partial_lora(tmp_path / "plora")
     inputs = _image_inputs(processor)
     assert torch.equal(_logits(loaded, inputs), _logits(wrapped, inputs))
+
+
+def test_a_deep_copy_has_its_own_image_positions(base_and_wrapped):
+    import copy
+
+    base, wrapped, processor, parameters = base_and_wrapped
+    _perturb(parameters)
+    reference = copy.deepcopy(wrapped)
+    with torch.no_grad():
+        for layer in reference.modules():
+            if isinstance(layer, PartialLoraLinear):
+                layer.lora_B.weight.zero_()
+    images = _image_inputs(processor)
+    assert torch.equal(_logits(reference, images), _logits(base, images))
+    perturbed = _logits(wrapped, images)
+    assert not torch.equal(perturbed, _logits(base, images))
+    # The copy's forward must not set or clear the original's positions (and the reverse).
+    assert wrapped._partial_lora.positions is not reference._partial_lora.positions
+    assert reference.model.get_placeholder_mask.positions is reference._partial_lora.positions
+    hooks = list(reference.model._forward_pre_hooks.values())
+    assert any(getattr(hook, "__self__", None) is reference.model.get_placeholder_mask for hook in hooks)

@@ -98,6 +98,7 @@ class PartialLoraLinear(nn.Module):
         update = self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling  # (B, T, out_features)
         # torch.where, not result + update * mask: text positions get the base output bit for bit
         # (even where the update is inf/nan), and gradients reach A/B only through image positions.
+        mask = mask.to(result.device)  # a no-op unless the model is split over devices
         return torch.where(mask.unsqueeze(-1), result + update.to(result.dtype), result)
 
 
@@ -146,6 +147,28 @@ def _resolve_targets(model, target_modules: list[str] | None) -> list[str]:
     return chosen
 
 
+class _ImagePositionRecorder:
+    """Stands in for `LlavaModel.get_placeholder_mask` (on the instance) and records its answer.
+
+    An object, not a closure: `copy.deepcopy` of the model (a reference model, say) then gives the
+    copy a recorder bound to the copy's LlavaModel and positions, not to the original's.
+    """
+
+    def __init__(self, original_placeholder_mask, positions: ImagePositions) -> None:
+        self.original_placeholder_mask = original_placeholder_mask  # the bound method of the LlavaModel
+        self.positions = positions
+
+    def __call__(self, input_ids, inputs_embeds, image_features):
+        special_image_mask = self.original_placeholder_mask(input_ids, inputs_embeds=inputs_embeds,
+                                                            image_features=image_features)
+        self.positions.mask = special_image_mask.squeeze(-1)  # (B, T, 1) -> (B, T)
+        return special_image_mask
+
+    def clear(self, module, args, kwargs) -> None:
+        """Forward pre-hook of the LlavaModel: no image positions unless this call scatters features."""
+        self.positions.mask = None
+
+
 def _wrap(model, module_names: list[str], r: int, alpha: float, dropout: float) -> PartialLoraState:
     if getattr(model, "_partial_lora", None) is not None:
         raise ValueError("Partial LoRA: this model already has Partial LoRA layers")
@@ -166,19 +189,9 @@ def _wrap(model, module_names: list[str], r: int, alpha: float, dropout: float) 
             raise ValueError(f"Partial LoRA: {name} is a {type(base_layer).__name__}, not an nn.Linear")
         setattr(parent, child_name, PartialLoraLinear(base_layer, r, alpha, dropout, state.positions))
 
-    positions = state.positions
-    original_placeholder_mask = llava_model.get_placeholder_mask  # bound method
-
-    def recording_placeholder_mask(input_ids, inputs_embeds, image_features):
-        special_image_mask = original_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
-        positions.mask = special_image_mask.squeeze(-1)  # (B, T, 1) -> (B, T)
-        return special_image_mask
-
-    def clear_positions(module, args, kwargs):
-        positions.mask = None  # set again by get_placeholder_mask if this forward has images
-
-    llava_model.get_placeholder_mask = recording_placeholder_mask
-    state.hook_handles.append(llava_model.register_forward_pre_hook(clear_positions, with_kwargs=True))
+    recorder = _ImagePositionRecorder(llava_model.get_placeholder_mask, state.positions)
+    llava_model.get_placeholder_mask = recorder
+    state.hook_handles.append(llava_model.register_forward_pre_hook(recorder.clear, with_kwargs=True))
     model._partial_lora = state
     return state
 
