@@ -8,9 +8,7 @@ The language model's Linear layers are wrapped so that
 so text positions see the frozen base weights exactly, while the model learns to read images. Text
 positions still *attend* to image positions, so their outputs change after an image, as they should.
 
-Own layer, not PEFT: PEFT's LoRA masks only a suffix of positions (aLoRA offsets), and a custom
-module registered with `LoraConfig._register_custom_module` would still need this mask plumbing and
-would not reload as PLoRA without crystalvlm code; a 40-line layer states the semantics directly.
+Own layer, not PEFT: PEFT has no per-position mask (aLoRA masks only a suffix), a `LoraConfig._register_custom_module` layer would be all ours anyway, and its adapter would reload in plain PEFT as ordinary LoRA applied at every position.
 
 Where the mask comes from. `LlavaModel.get_placeholder_mask` is the one place transformers decides
 which positions get image features (from `input_ids == config.image_token_id`, or for an
