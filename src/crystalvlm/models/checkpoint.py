@@ -109,6 +109,10 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
 # ----------------------------------------------------------------------------- writing
 def save_checkpoint(model, processor, directory: str | Path, info: CheckpointInfo, state_dict: dict | None = None) -> Path:
     """Write the checkpoint into a temporary folder, then rename it into place (atomic)."""
+    if getattr(model, "_partial_lora", None) is not None:
+        # Its weights would be saved under wrapped names (`.base_layer.`) that a plain load drops.
+        raise ValueError("this model has Partial LoRA layers; save it with "
+                         "crystalvlm.models.partial_lora.save_partial_lora, not save_checkpoint")
     directory = Path(directory)
     staging = directory.with_name(directory.name + f".tmp-{os.getpid()}")
     for stale in directory.parent.glob(directory.name + ".tmp-*"):
