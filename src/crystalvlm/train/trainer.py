@@ -284,9 +284,12 @@ def _micro_batch_loader(run: StageRun, dataset: ConversationDataset, plan: StepP
                 indices = global_batch_at(step * stage.grad_accum + micro)
                 yield indices[accelerator.process_index::world] or indices[:1]
 
+    # Its own generator: iterating a DataLoader draws a worker base seed, which from the global RNG
+    # would shift every later dropout mask (LoRA's dropout) between a resumed and an uninterrupted run.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=list(rank_micro_batches()), num_workers=run.options.num_workers,
         collate_fn=partial(collate_conversations, pad_token_id=pad_token_id),
+        generator=torch.Generator().manual_seed(run.recipe.seed + start_step),
     )
 
 
