@@ -100,6 +100,7 @@ class StageRun:
     stage: StageConfig
     options: TrainOptions
     accelerator: Accelerator
+    adapters: StageAdapters | None = None  # set by the adapters step when the stage has `lora`
 
     @property
     def folder(self) -> Path:
@@ -184,11 +185,12 @@ def _checkpoint_info(run: StageRun) -> CheckpointInfo:
 
 
 def adapters(run: StageRun, model, processor, init_from: Path | None):
-    """(model, StageAdapters or None): the stage's low-rank adapters, before any data is read."""
+    """The model with the stage's low-rank adapters (noted in `run.adapters`), before any data is read."""
     if run.stage.lora is None:
-        return model, None
-    return add_adapters(model, run.stage.lora, run.folder, init_from, processor, _checkpoint_info(run),
-                        run.accelerator.device, run.stage.gradient_checkpointing)
+        return model
+    model, run.adapters = add_adapters(model, run.stage.lora, run.folder, init_from, processor, _checkpoint_info(run),
+                                       run.accelerator.device, run.stage.gradient_checkpointing)
+    return model
 
 
 def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
@@ -206,14 +208,14 @@ def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, li
     return ConversationDataset(prepared, encoder), prepared.problems
 
 
-def freeze(run: StageRun, model, stage_adapters: StageAdapters | None = None) -> list[dict]:
+def freeze(run: StageRun, model) -> list[dict]:
     """Apply the stage's freeze policy; write <stage>/freeze_summary.json and print it. Returns
     the optimizer groups (one per trained part, with its learning rate); an adapted part trains
     its adapter parameters only."""
     stage = run.stage
     groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)
-    if stage_adapters is not None:
-        groups = stage_adapters.restrict(groups)
+    if run.adapters is not None:
+        groups = run.adapters.restrict(groups)
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
@@ -353,14 +355,14 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
     return loss_value
 
 
-def save(run: StageRun, model, processor, stage_adapters: StageAdapters | None = None) -> Path:
+def save(run: StageRun, model, processor) -> Path:
     """The stage's final checkpoint, a Hugging Face Llava folder renamed into place whole."""
     accelerator = run.accelerator
     final = final_checkpoint(run.options.run_dir, run.stage.name)
-    if stage_adapters is not None:
+    if run.adapters is not None:
         # Adapters are merged (or saved) from the unwrapped model: DDP keeps a full copy on each rank.
         if accelerator.is_main_process:
-            save_stage_final(accelerator.unwrap_model(model), processor, final, stage_adapters, run.stage.tunable,
+            save_stage_final(accelerator.unwrap_model(model), processor, final, run.adapters, run.stage.tunable,
                              _checkpoint_info(run), run.say)
         accelerator.wait_for_everyone()
         return final
@@ -381,9 +383,9 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     run.folder.mkdir(parents=True, exist_ok=True)
 
     model, processor = build_or_load(run, init_from)
-    model, stage_adapters = adapters(run, model, processor, init_from)
+    model = adapters(run, model, processor, init_from)
     dataset, problems = check_data(run, model, processor)
-    groups = freeze(run, model, stage_adapters)
+    groups = freeze(run, model)
     anchor = keep_image_path_in_graph(model)  # text-only micro-batches still reach the trained image path
     plan = plan_steps(run, dataset)
     optimizer, scheduler = optimise(groups, plan)
@@ -397,7 +399,7 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     final_loss = loop(run, model, optimizer, scheduler, groups, batches, plan, start_step)
     if anchor is not None:
         anchor.remove()
-    checkpoint = save(run, model, processor, stage_adapters)
+    checkpoint = save(run, model, processor)
     if options.report_to:
         accelerator.end_training()
     return StageResult(stage.name, checkpoint, plan.total_steps, final_loss, problems)
