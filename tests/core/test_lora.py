@@ -218,3 +218,50 @@ def test_plora_stage_saves_a_partial_lora_checkpoint(recipe, lora_run, tmp_path)
     assert "cannot be merged" in result.stdout
     model, processor = load_partial_lora(run / "finetune/final")
     assert model is not None and processor is not None
+
+
+def test_first_stage_kept_adapter_keeps_its_base_and_blocks_the_next_stage(recipe, tmp_path):
+    run = tmp_path / "run"
+    result = _train(recipe, run, "--set", "stages.align.tunable=[projector, llm]", "--set", "stages.align.lr.llm=1e-3",
+                    "--set", "stages.align.lora.r=4", "--set", "stages.align.lora.merge=false",
+                    "--set", "stages.align.max_steps=2")
+    # A first stage starts from composed parts: they are kept as the adapters' base.
+    assert (run / "align/base/config.json").is_file()
+    assert (run / "align/final/crystalvlm_adapter.json").is_file()
+    assert result.returncode == 2 and "crystalvlm merge" in result.stderr, result.stdout + result.stderr
+    merged = tmp_path / "merged"
+    assert _cli("merge", str(run / "align/final"), "--out", str(merged)).returncode == 0
+    base, got = _weights(run / "align/base"), _weights(merged)
+    assert all(torch.equal(base[name], got[name]) for name in base if "vision_tower" in name)
+    assert not torch.equal(base["language_model.model.layers.0.self_attn.q_proj.weight"],
+                           got["language_model.model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_vision_and_llm_adapters_merge_back_to_plain_keys(tiny_tokenizer_dir, tmp_path):
+    """In process: adapters on both towers, a step that moves them, then merge_in_place leaves the
+    Llava layout (the keys of the model before adapters) with changed Linear weights only."""
+    from transformers import AutoTokenizer
+
+    from crystalvlm.models.build import ModelSpec, build_llava
+    from crystalvlm.models.checkpoint import CheckpointInfo
+    from crystalvlm.train.adapters import add_adapters, merge_in_place
+    from crystalvlm.train.recipe import LoraSettings
+    from tiny_fixtures import tiny_model_section
+
+    torch.manual_seed(0)
+    vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+    model, processor = build_llava(ModelSpec.from_dict(tiny_model_section(tiny_tokenizer_dir, vocab + 8)))
+    before = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    settings = LoraSettings(r=4, dropout=0.0, parts=["llm", "vision"], target_modules=["q_proj", "v_proj"])
+    model, adapters = add_adapters(model, settings, tmp_path, None, processor, CheckpointInfo(), torch.device("cpu"))
+    assert set(adapters.trainable) == {"llm", "vision"} and all(adapters.trainable.values())
+    with torch.no_grad():
+        for parameters in adapters.trainable.values():
+            for parameter in parameters:
+                parameter.add_(0.01)  # lora_B starts at zero: make the update non-zero
+    merge_in_place(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    assert any("vision_tower" in name for name in changed) and any("language_model" in name for name in changed)

@@ -259,6 +259,10 @@ def save_stage_final(model, processor, final: Path, adapters: StageAdapters, tun
         staging = final.with_name(final.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         save_partial_lora(model, staging)
+        if not (staging / "tokenizer_config.json").exists():  # the processor, with the stage's chat template
+            processor.save_pretrained(staging)
+        if not (staging / "crystalvlm.json").exists():
+            write_sidecar(staging, info)
         return _rename_into_place(staging, final)
     if settings.quantize and settings.merge:
         kept = save_adapter_folder(model, processor, final.with_name("adapter"), adapters, tunable, info)

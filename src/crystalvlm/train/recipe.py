@@ -48,6 +48,8 @@ class LoraSettings:
                              "(the projector trains fully)")
         if self.quantize not in QUANTIZE:
             raise ValueError(f"lora.quantize must be 4bit or absent, got {self.quantize!r}")
+        if self.plora and self.parts != ["llm"]:
+            raise ValueError("lora.plora (Partial LoRA) adapts the LLM only: parts must be [llm]")
         if self.plora and self.quantize:
             raise ValueError("lora.plora and lora.quantize cannot be combined")
         if self.target_modules is not None:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
@@ -188,6 +188,9 @@ def adapters(run: StageRun, model, processor, init_from: Path | None):
     """The model with the stage's low-rank adapters (noted in `run.adapters`), before any data is read."""
     if run.stage.lora is None:
         return model
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        # Merging needs each adapted Linear whole on one rank; FSDP shards them (DDP keeps full copies).
+        raise ValueError(f"stage {run.stage.name!r}: lora under FSDP is not supported yet; run it under DDP")
     model, run.adapters = add_adapters(model, run.stage.lora, run.folder, init_from, processor, _checkpoint_info(run),
                                        run.accelerator.device, run.stage.gradient_checkpointing)
     return model
