@@ -146,7 +146,12 @@ def add_adapters(model, settings: LoraSettings, stage_folder: Path, init_from: P
     base = init_from.resolve() if init_from is not None else None
     if base is None and (settings.quantize or not settings.merge):
         # A first stage starts from freshly composed parts: keep them, since the adapters refer to them.
-        base = save_checkpoint(model, processor, stage_folder / "base", info).resolve()
+        from accelerate import PartialState
+
+        base = (stage_folder / "base").resolve()
+        if PartialState().is_main_process:  # every rank composed the same parts (same seed)
+            save_checkpoint(model, processor, base, info)
+        PartialState().wait_for_everyone()
     if settings.quantize:
         model = _quantized_reload(base, settings, device, gradient_checkpointing)
         targets = target_modules(model, settings)  # bnb's Linear4bit is an nn.Linear
