@@ -265,3 +265,20 @@ def test_vision_and_llm_adapters_merge_back_to_plain_keys(tiny_tokenizer_dir, tm
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
     assert any("vision_tower" in name for name in changed) and any("language_model" in name for name in changed)
+
+
+def test_two_process_lora_stage_saves_one_merged_checkpoint(recipe, tmp_path):
+    """Under DDP every rank holds the whole model, so the main process merges and saves alone."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29523",
+         "-m", "crystalvlm.cli", "train", str(recipe), "--stage", "align", "--out", str(tmp_path / "run"), "--quiet",
+         "--set", "stages.align.tunable=[vision, projector, llm]", "--set", "stages.align.lr.vision=1e-4",
+         "--set", "stages.align.lr.llm=1e-3", "--set", "stages.align.lora.parts=[llm, vision]",
+         "--set", "stages.align.lora.r=4", "--set", "stages.align.max_steps=2"],
+        capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run/align/freeze_summary.json").read_text())["parts"]
+    assert 0 < summary["vision"]["trainable"] < summary["vision"]["parameters"]
+    assert 0 < summary["llm"]["trainable"] < summary["llm"]["parameters"]
+    weights = _weights(tmp_path / "run/align/final")
+    assert not any("lora" in name or "base_layer" in name for name in weights)
