@@ -178,7 +178,7 @@ def test_kept_adapter_merges_later_into_the_same_checkpoint(recipe, lora_run, tm
 # ----------------------------------------------------------------------------- resume
 def test_killed_and_resumed_lora_stage_matches_uninterrupted(recipe, lora_run, tmp_path):
     extra = ("--stage", "finetune", "--save-every", "1", "--set", f"stages.finetune.lora.r={LORA_R}",
-             "--set", "stages.finetune.epochs=3")
+             "--set", "stages.finetune.epochs=2")
     reference = _finetune_only_run(lora_run, tmp_path / "reference")
     result = _train(recipe, reference, *extra)
     assert result.returncode == 0, result.stdout + result.stderr
