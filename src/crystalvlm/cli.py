@@ -25,6 +25,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     placeholder = load_recipe(args.recipe, args.set, {"run_dir": str(run_dir), "world": str(run_dir / "world")})
     if args.stage:
         placeholder.stage(args.stage)
+    from crystalvlm.train.adapters import refuse_impossible_adapters
+
+    refuse_impossible_adapters(placeholder, [args.stage] if args.stage else None)  # e.g. QLoRA on a CPU
     if args.image_folder and not args.data:
         raise UsageError("--image-folder needs --data")
     if args.data:
@@ -82,6 +85,23 @@ def _add_train(sub) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_train)
+
+
+# ----------------------------------------------------------------------------- merge
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from crystalvlm.train.adapters import merge_adapter
+
+    out = merge_adapter(Path(args.adapter), Path(args.out))
+    print(f"merged {args.adapter} into its base -> {out}")
+    return 0
+
+
+def _add_merge(sub) -> None:
+    parser = sub.add_parser("merge", help="merge a kept LoRA adapter folder (lora.merge: false) into a plain checkpoint",
+                            formatter_class=HelpFormatter)
+    parser.add_argument("adapter", help="an adapter folder written by a stage with lora.merge: false")
+    parser.add_argument("--out", required=True, help="the merged checkpoint folder (must not exist)")
+    parser.set_defaults(func=_cmd_merge)
 
 
 # ----------------------------------------------------------------------------- data
@@ -192,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_quickstart(sub)
     _add_train(sub)
+    _add_merge(sub)
     _add_data(sub)
     from crystalvlm.eval.commands import add_eval_subcommands
     from crystalvlm.infer.commands import add_infer_subcommands

@@ -16,6 +16,44 @@ from typing import Any
 import yaml
 
 PARTS = ("vision", "projector", "llm")
+ADAPTER_PARTS = ("llm", "vision")  # the projector always trains fully, as in LLaVA's LoRA scripts
+QUANTIZE = (None, "4bit")  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, GPUs only)
+
+
+@dataclass
+class LoraSettings:
+    """A stage's low-rank adapters (PEFT). Defaults follow LLaVA's finetune_lora.sh: r 128,
+    alpha 2*r, dropout 0.05, every Linear layer of the LLM. The parts named here must be tunable;
+    they train through adapters only (at the stage's lr for that part), while the other tunable
+    parts (the projector) train fully at their own lr (LLaVA's mm_projector_lr)."""
+
+    r: int = 128
+    alpha: float | None = None  # None: 2 * r
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every nn.Linear inside the parts (lm_head is outside the LLM part)
+    parts: list[str] = field(default_factory=lambda: ["llm"])
+    merge: bool = True  # the stage's final is a plain HF checkpoint; false keeps the adapter folder
+    plora: bool = False  # Partial LoRA: the update only at image-token positions (never mergeable)
+    quantize: str | None = None  # "4bit": QLoRA
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be at least 1, got {self.r}")
+        self.alpha = float(2 * self.r if self.alpha is None else self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.parts) - set(ADAPTER_PARTS)
+        if unknown or not self.parts:
+            raise ValueError(f"lora.parts {sorted(unknown) or '[]'}: adapters go on {list(ADAPTER_PARTS)} "
+                             "(the projector trains fully)")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"lora.quantize must be 4bit or absent, got {self.quantize!r}")
+        if self.plora and self.parts != ["llm"]:
+            raise ValueError("lora.plora (Partial LoRA) adapts the LLM only: parts must be [llm]")
+        if self.plora and self.quantize:
+            raise ValueError("lora.plora and lora.quantize cannot be combined")
+        if self.target_modules is not None:
+            self.target_modules = [str(name) for name in self.target_modules]
 
 
 @dataclass
@@ -38,6 +76,7 @@ class StageConfig:
     group_by_modality_length: bool = True
     save_every: int | None = None
     log_every: int = 1
+    lora: LoraSettings | None = None  # None: every tunable part trains fully
 
     def __post_init__(self) -> None:
         unknown = set(self.tunable) - set(PARTS)
@@ -49,6 +88,17 @@ class StageConfig:
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"stage {self.name!r}: precision must be auto, bf16, fp16 or fp32")
         self.lr = {part: float(value) for part, value in self.lr.items()}
+        if isinstance(self.lora, dict):
+            unknown = set(self.lora) - {f.name for f in fields(LoraSettings)}
+            if unknown:
+                raise ValueError(f"stage {self.name!r}: unknown lora keys {sorted(unknown)}; "
+                                 f"known: {sorted(f.name for f in fields(LoraSettings))}")
+            self.lora = LoraSettings(**self.lora)
+        if self.lora is not None:
+            untrained = set(self.lora.parts) - set(self.tunable)
+            if untrained:
+                raise ValueError(f"stage {self.name!r}: lora.parts {sorted(untrained)} are not tunable; "
+                                 "add them to tunable (with a learning rate) to train them through adapters")
 
 
 @dataclass
@@ -137,7 +187,8 @@ def _schema_of(path: list[str], raw: dict[str, Any]) -> Any:
             if key not in stages:
                 raise RecipeError(f"--set {'.'.join(path)}: the recipe has no stage {key!r}; stages: "
                                   f"{', '.join(stages) or 'none'}")
-            node = {**_dataclass_schema(StageConfig), "lr": {part: float for part in PARTS}}
+            node = {**_dataclass_schema(StageConfig), "lr": {part: float for part in PARTS},
+                    "lora": _dataclass_schema(LoraSettings)}
             walked.append(key)
             continue
         if not isinstance(node, dict):

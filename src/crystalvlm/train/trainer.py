@@ -10,6 +10,7 @@ A stage runs as named steps, each a function below, in this order:
 
     accelerator   one per stage, in the stage's precision        (stage_accelerator)
     build_or_load the recipe's model, or the previous stage's checkpoint
+    adapters      LoRA / QLoRA / Partial LoRA on the stage's `lora.parts`, if it has `lora` (adapters)
     check_data    every record checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed
     anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
@@ -17,7 +18,7 @@ A stage runs as named steps, each a function below, in this order:
     optimise      AdamW over the trained parts, cosine schedule
     resume        model, optimizer, scheduler and RNG from the latest resume state
     loop          the optimizer steps, with resume states every `save_every`
-    save          the final Hugging Face checkpoint
+    save          the final Hugging Face checkpoint (merged, or the adapter folder: see adapters)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
@@ -45,6 +46,8 @@ from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
 from crystalvlm.models.build import ModelSpec, build_llava
 from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
+                                       save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.provenance import write_provenance
@@ -97,6 +100,7 @@ class StageRun:
     stage: StageConfig
     options: TrainOptions
     accelerator: Accelerator
+    adapters: StageAdapters | None = None  # set by the adapters step when the stage has `lora`
 
     @property
     def folder(self) -> Path:
@@ -175,6 +179,23 @@ def _report_problems(run: StageRun, problems: list[RecordProblem]) -> None:
             print(f"  ... and {len(problems) - 20} more")
 
 
+def _checkpoint_info(run: StageRun) -> CheckpointInfo:
+    return CheckpointInfo(template=run.stage.template, image_mode=run.recipe.image_mode, stage=run.stage.name,
+                          recipe=run.recipe.name)
+
+
+def adapters(run: StageRun, model, processor, init_from: Path | None):
+    """The model with the stage's low-rank adapters (noted in `run.adapters`), before any data is read."""
+    if run.stage.lora is None:
+        return model
+    if run.accelerator.distributed_type == DistributedType.FSDP:
+        # Merging needs each adapted Linear whole on one rank; FSDP shards them (DDP keeps full copies).
+        raise ValueError(f"stage {run.stage.name!r}: lora under FSDP is not supported yet; run it under DDP")
+    model, run.adapters = add_adapters(model, run.stage.lora, run.folder, init_from, processor, _checkpoint_info(run),
+                                       run.accelerator.device, run.stage.gradient_checkpointing)
+    return model
+
+
 def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
     """Every record encoded and checked before any step; bad ones listed in data_problems.jsonl."""
     encoder = SampleEncoder.from_processor(processor, model.config, get_template(run.stage.template),
@@ -192,9 +213,12 @@ def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, li
 
 def freeze(run: StageRun, model) -> list[dict]:
     """Apply the stage's freeze policy; write <stage>/freeze_summary.json and print it. Returns
-    the optimizer groups (one per trained part, with its learning rate)."""
+    the optimizer groups (one per trained part, with its learning rate); an adapted part trains
+    its adapter parameters only."""
     stage = run.stage
     groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)
+    if run.adapters is not None:
+        groups = run.adapters.restrict(groups)
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
@@ -265,9 +289,12 @@ def _micro_batch_loader(run: StageRun, dataset: ConversationDataset, plan: StepP
                 indices = global_batch_at(step * stage.grad_accum + micro)
                 yield indices[accelerator.process_index::world] or indices[:1]
 
+    # Its own generator: iterating a DataLoader draws a worker base seed, which from the global RNG
+    # would shift every later dropout mask (LoRA's dropout) between a resumed and an uninterrupted run.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=list(rank_micro_batches()), num_workers=run.options.num_workers,
         collate_fn=partial(collate_conversations, pad_token_id=pad_token_id),
+        generator=torch.Generator().manual_seed(run.recipe.seed + start_step),
     )
 
 
@@ -335,14 +362,19 @@ def save(run: StageRun, model, processor) -> Path:
     """The stage's final checkpoint, a Hugging Face Llava folder renamed into place whole."""
     accelerator = run.accelerator
     final = final_checkpoint(run.options.run_dir, run.stage.name)
+    if run.adapters is not None:
+        # Adapters are merged (or saved) from the unwrapped model: DDP keeps a full copy on each rank.
+        if accelerator.is_main_process:
+            save_stage_final(accelerator.unwrap_model(model), processor, final, run.adapters, run.stage.tunable,
+                             _checkpoint_info(run), run.say)
+        accelerator.wait_for_everyone()
+        return final
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.use_cache = True
         # `state` is the full state dict gathered from every rank (FSDP shards it otherwise).
-        save_checkpoint(unwrapped, processor, final,
-                        CheckpointInfo(template=run.stage.template, image_mode=run.recipe.image_mode,
-                                       stage=run.stage.name, recipe=run.recipe.name), state_dict=state)
+        save_checkpoint(unwrapped, processor, final, _checkpoint_info(run), state_dict=state)
     accelerator.wait_for_everyone()
     return final
 
@@ -354,6 +386,7 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     run.folder.mkdir(parents=True, exist_ok=True)
 
     model, processor = build_or_load(run, init_from)
+    model = adapters(run, model, processor, init_from)
     dataset, problems = check_data(run, model, processor)
     groups = freeze(run, model)
     anchor = keep_image_path_in_graph(model)  # text-only micro-batches still reach the trained image path
@@ -384,6 +417,7 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     wanted = options.stages or names
     for name in wanted:
         recipe.stage(name)  # raises on an unknown stage
+    refuse_impossible_adapters(recipe, wanted)  # QLoRA without a GPU: refused before any work
     if process.is_main_process:
         (options.run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
         data_files, folders = [], []
@@ -398,7 +432,7 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     for name in wanted:
         index = names.index(name)
         done = final_checkpoint(options.run_dir, name)
-        if options.resume and (done / "config.json").is_file():
+        if options.resume and ((done / "config.json").is_file() or is_adapter_folder(done)):
             # Final checkpoints are renamed into place whole, so one that exists is complete.
             if process.is_main_process:
                 print(f"stage {name}: already complete at {done}")
@@ -407,6 +441,12 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
         init_from = None
         if index > 0:
             init_from = final_checkpoint(options.run_dir, names[index - 1])
+            if is_adapter_folder(init_from):
+                raise FileNotFoundError(
+                    f"stage {name!r} starts from stage {names[index - 1]!r}, which kept its adapters unmerged "
+                    f"(lora.merge: false) in {init_from}; merge them first (`crystalvlm merge {init_from} --out DST`)"
+                    f" or set lora.merge: true"
+                )
             if not (init_from / "config.json").is_file():
                 raise FileNotFoundError(
                     f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
