@@ -216,8 +216,22 @@ def test_plora_stage_saves_a_partial_lora_checkpoint(recipe, lora_run, tmp_path)
                     "--set", "stages.finetune.lora.plora=true")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "cannot be merged" in result.stdout
-    model, processor = load_partial_lora(run / "finetune/final")
-    assert model is not None and processor is not None
+    final = run / "finetune/final"
+    model, processor = load_partial_lora(final)
+    assert processor is not None
+    # Every command loads it with its update in place (load_checkpoint finds partial_lora.json).
+    from crystalvlm.models.checkpoint import load_checkpoint
+
+    loaded, _, info = load_checkpoint(final)
+    assert info.template and sum("lora_A" in name for name, _ in loaded.named_parameters()) > 0
+    # Text-only inputs see the frozen base exactly: the same logits as the stage's starting model.
+    start, _, _ = load_checkpoint(run / "align/final")
+    ids = processor.tokenizer("What colour is a ripe lemon?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, start(input_ids=ids).logits)
+    answered = _cli("generate", str(final), "--prompt", "What colour is it?", "--max-new-tokens", "3",
+                    "--device", "cpu")
+    assert answered.returncode == 0, answered.stderr
 
 
 def test_first_stage_kept_adapter_keeps_its_base_and_blocks_the_next_stage(recipe, tmp_path):

@@ -136,9 +136,19 @@ def _fsync_tree(folder: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- reading
-def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """(model, processor, info) from any HF Llava checkpoint: a folder or a cached Hub id."""
+def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                    with_partial_lora: bool = True):
+    """(model, processor, info) from any HF Llava checkpoint: a folder or a cached Hub id.
+
+    A Partial LoRA checkpoint (partial_lora.json beside the base weights) comes back with its
+    position-dependent update in place, so eval, generate and serve answer as it was trained;
+    `with_partial_lora=False` gives its base model only, as plain `from_pretrained` does."""
     directory = resolve_model(name_or_path)
+    if with_partial_lora and (Path(directory) / "partial_lora.json").is_file():
+        from crystalvlm.models.partial_lora import load_partial_lora
+
+        model, processor = load_partial_lora(Path(directory), dtype=dtype, device=device)
+        return model, processor, read_sidecar(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype or torch.float32)
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(directory)

@@ -321,7 +321,7 @@ def load_partial_lora(folder: Path, dtype: torch.dtype | None = None, device: st
     if settings.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder / PARTIAL_LORA_CONFIG}: format version {settings.get('format_version')!r} is not "
                          f"the one this crystalvlm reads ({FORMAT_VERSION})")
-    model, processor, _ = load_checkpoint(folder, dtype=dtype, device="cpu")
+    model, processor, _ = load_checkpoint(folder, dtype=dtype, device="cpu", with_partial_lora=False)
     if hasattr(model.config, "crystalvlm_partial_lora"):
         del model.config.crystalvlm_partial_lora  # written back by save_partial_lora only
     state = _wrap(model, settings["module_names"], int(settings["r"]), float(settings["alpha"]), float(settings["dropout"]))

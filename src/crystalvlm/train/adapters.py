@@ -263,7 +263,7 @@ def save_stage_final(model, processor, final: Path, adapters: StageAdapters, tun
             f"into the base weights; {final} is a Partial LoRA checkpoint (load it with load_partial_lora)")
         staging = final.with_name(final.name + f".tmp-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        save_partial_lora(model, staging)
+        save_partial_lora(model, staging, processor=processor, info=info)
         if not (staging / "tokenizer_config.json").exists():  # the processor, with the stage's chat template
             processor.save_pretrained(staging)
         if not (staging / "crystalvlm.json").exists():
