@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -33,7 +34,9 @@ def _record(rid, image, question="<image>\nWhat colour is the square?", answer="
 
 @pytest.fixture()
 def bad_dataset(colour_world, tmp_path) -> tuple[Path, set[str], dict[str, str]]:
-    images = colour_world["images"]
+    # A copy: the bad files must not land in the shared world other tests read.
+    images = tmp_path / "images"
+    shutil.copytree(colour_world["images"], images)
     good_png = (images / "img000.png").read_bytes()
     (images / "truncated.png").write_bytes(good_png[: len(good_png) // 2])
     (images / "not_an_image.png").write_bytes(b"this is text, not a picture")
@@ -71,7 +74,7 @@ def bad_dataset(colour_world, tmp_path) -> tuple[Path, set[str], dict[str, str]]
 def test_bad_records_are_reported_and_skipped(bad_dataset, colour_world, tiny_tokenizer_dir, tmp_path):
     path, good_ids, reasons = bad_dataset
     recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_tokenizer_dir, colour_world, max_length=200)))
-    options = TrainOptions(run_dir=tmp_path / "run", stages=["align"], data=DataSource(path, colour_world["images"]),
+    options = TrainOptions(run_dir=tmp_path / "run", stages=["align"], data=DataSource(path, path.parent / "images"),
                            max_steps=2, progress=False)
     result = train_recipe(recipe, options)[0]
     reported = {p.record_id: p.reason for p in result.problems}
@@ -99,14 +102,14 @@ def test_no_good_record_is_lost(bad_dataset, colour_world, tiny_tokenizer_dir):
     # Checking needs token ids only: an encoder without an image processor will do.
     encoder = SampleEncoder(tokenizer, get_template("vicuna_v1"), tokenizer.convert_tokens_to_ids("<image>"), 16,
                             max_length=200)
-    prepared = prepare_dataset([DataSource(path, colour_world["images"])], encoder)
+    prepared = prepare_dataset([DataSource(path, path.parent / "images")], encoder)
     assert {item.record.record_id for item in prepared.items} == good_ids
 
 
 def test_strict_refuses_before_training(bad_dataset, colour_world, tiny_tokenizer_dir, tmp_path):
     path, _, _ = bad_dataset
     recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_tokenizer_dir, colour_world, max_length=200)))
-    options = TrainOptions(run_dir=tmp_path / "strict", stages=["align"], data=DataSource(path, colour_world["images"]),
+    options = TrainOptions(run_dir=tmp_path / "strict", stages=["align"], data=DataSource(path, path.parent / "images"),
                            max_steps=2, strict=True, progress=False)
     with pytest.raises(BadDataError, match="12 bad record"):
         train_recipe(recipe, options)
@@ -122,7 +125,7 @@ def test_data_check_lists_every_bad_record_before_training(bad_dataset, colour_w
     recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_tokenizer_dir, colour_world, max_length=200)))
     checkpoint = train_recipe(recipe, TrainOptions(run_dir=tmp_path / "run", stages=["align"], max_steps=1,
                                                    progress=False))[0].checkpoint
-    code = cli_main(["data", "check", str(path), "--image-folder", str(colour_world["images"]), "--model",
+    code = cli_main(["data", "check", str(path), "--image-folder", str(path.parent / "images"), "--model",
                      str(checkpoint), "--template", "vicuna_v1", "--max-length", "200", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1  # bad records found

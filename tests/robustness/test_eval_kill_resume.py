@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_tree import kill_tree
 
 from crystalvlm.cli import main
 
@@ -144,3 +145,52 @@ def test_killed_evaluation_resumes_to_the_uninterrupted_result(tiny_checkpoint, 
     assert len({entry["key"] for entry in entries}) == total
     assert [entry["text"] for entry in entries if entry["key"] == torn["key"]] == [torn["text"]]
     assert FORGED not in json.dumps(entries)
+
+
+def test_a_killed_two_process_evaluation_resumes_to_the_single_process_result(tiny_checkpoint, world, tmp_path):
+    """torchrun, 2 ranks: the launcher and both ranks SIGKILLed at a seeded moment after some
+    answers are cached; the same torchrun command again ends with the single-process outputs."""
+    seed = int(os.environ.get("CRYSTALVLM_KILL_SEED", random.randrange(2**31)))
+    rng = random.Random(seed)
+    print(f"kill seed {seed} (replay: CRYSTALVLM_KILL_SEED={seed})")
+    reference = tmp_path / "reference"
+    assert main(eval_args(tiny_checkpoint, world, reference)) == 0
+    expected, total = outputs(reference), cached_answers(reference)
+
+    def torchrun(out: Path, port: int) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                "-m", "crystalvlm.cli", *eval_args(tiny_checkpoint, world, out)]
+
+    # Uninterrupted, 2 ranks: the single-process outputs, and the duration the kill moment is drawn from
+    # (the ranks answer 16 samples in a blink, so a kill aimed by cache lines would always land late).
+    started = time.monotonic()
+    whole = subprocess.run(torchrun(tmp_path / "uninterrupted", 29560), env=environment(), capture_output=True,
+                           text=True, timeout=300)
+    duration = time.monotonic() - started
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert outputs(tmp_path / "uninterrupted") == expected
+
+    out = tmp_path / "killed"
+    delay = rng.uniform(0.5, 1.0) * duration  # the first half is mostly the start of Python and torch
+    process = subprocess.Popen(torchrun(out, 29561), env=environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)  # its own group: launcher and ranks
+    try:
+        deadline = time.monotonic() + delay
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        killed = process.poll() is None
+        if killed:
+            kill_tree(process.pid)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            kill_tree(process.pid)
+    print(f"seed {seed}: after {delay:.2f} of {duration:.2f} s, "
+          + (f"killed with {cached_answers(out)} of {total} answers cached" if killed
+                              else "the run had already finished"))
+    if not killed:
+        assert process.returncode == 0, stderr.decode()[-2000:]
+
+    resumed = subprocess.run(torchrun(out, 29562), env=environment(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, f"seed {seed}: {resumed.stderr[-2000:]}"
+    assert outputs(out) == expected, f"seed {seed}"

@@ -6,7 +6,8 @@ CRYSTALVLM_KILL_SEED=<seed>. Two ways to kill:
   - inside checkpoint writing, at an exact point: this file, run as a script, wraps the functions
     the checkpoint writers call and SIGKILLs its own process at the chosen one (CRYSTALVLM_KILL_AT);
   - at a random moment: the test SIGKILLs the run a random delay after the n-th new resume
-    checkpoint of this attempt appears (for torchrun, the whole process group: launcher and ranks).
+    checkpoint of this attempt appears (for torchrun, the launcher and every rank: each rank has a session of its own, so
+    the whole process tree is killed, see tests/process_tree.py).
 """
 
 from __future__ import annotations
@@ -148,6 +149,12 @@ def test_kills_while_writing_checkpoints_resume_to_the_uninterrupted_run(recipe,
 
 
 # ----------------------------------------------------------------------------- kills at random moments
+def _kill_tree(pid: int) -> None:
+    from process_tree import kill_tree  # here: this file also runs as a script, without tests/ on its path
+
+    kill_tree(pid)
+
+
 def _kill_after_new_checkpoints(command: list[str], out: Path, nth: int, fraction: float, env: dict,
                                 timeout_s: float = 300.0) -> bool:
     """Run `command` and SIGKILL its whole process group `fraction` of a step after the nth resume
@@ -168,7 +175,7 @@ def _kill_after_new_checkpoints(command: list[str], out: Path, nth: int, fractio
                 time.sleep(fraction * (times[nth - 1] - times[nth - 2]))
                 if process.poll() is not None:
                     return False
-                os.killpg(process.pid, signal.SIGKILL)
+                _kill_tree(process.pid)
                 process.wait(timeout=30)
                 return True
             time.sleep(0.002)
@@ -176,7 +183,7 @@ def _kill_after_new_checkpoints(command: list[str], out: Path, nth: int, fractio
         return False
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            _kill_tree(process.pid)
             process.wait(timeout=30)
         process.stderr.close()
 
