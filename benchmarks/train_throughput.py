@@ -380,7 +380,7 @@ class BuildRecord:
 @contextlib.contextmanager
 def benchmark_trainer(device: torch.device, tunable: tuple[str, ...], record: BuildRecord) -> Iterator[None]:
     """The trainer with its model constructed on `device` and its final save skipped (see the docstring)."""
-    from crystalvlm.models.build import parameter_summary
+    from crystalvlm.train.freeze import FreezeSummary
 
     build_llava = trainer_module.build_llava
     save_checkpoint = trainer_module.save_checkpoint
@@ -389,7 +389,7 @@ def benchmark_trainer(device: torch.device, tunable: tuple[str, ...], record: Bu
         with torch.device(device):
             model, processor = build_llava(spec, chat_template=chat_template)
         record.flops = FlopModel.of(model, tunable)
-        record.parameters = {part: counts["parameters"] for part, counts in parameter_summary(model).items()}
+        record.parameters = {part: counts.parameters for part, counts in FreezeSummary.of(model, "", "no", {}).parts.items()}
         record.dtype = str(model.dtype)
         record.attention = {"llm": getattr(model.config.text_config, "_attn_implementation", None),
                             "vision": getattr(model.config.vision_config, "_attn_implementation", None)}

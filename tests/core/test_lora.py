@@ -3,7 +3,6 @@ QLoRA is refused on a CPU, bad targets fail before training, resume is exact wit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -206,8 +205,6 @@ def test_killed_and_resumed_lora_stage_matches_uninterrupted(recipe, lora_run, t
 
 
 # ----------------------------------------------------------------------------- Partial LoRA
-@pytest.mark.skipif(importlib.util.find_spec("crystalvlm.models.partial_lora") is None,
-                    reason="crystalvlm.models.partial_lora (Partial LoRA) is written on another branch")
 def test_plora_stage_saves_a_partial_lora_checkpoint(recipe, lora_run, tmp_path):
     from crystalvlm.models.partial_lora import load_partial_lora
 

@@ -231,36 +231,3 @@ def start_as_one_linear_map(projector: torch.nn.Module) -> None:
         torch.nn.init.eye_(projector.linear_2.weight)
         if projector.linear_2.bias is not None:
             projector.linear_2.bias.zero_()
-
-
-def parameter_summary(model: LlavaForConditionalGeneration) -> dict[str, dict[str, int]]:
-    """Parameters and trainable parameters per part."""
-    parts = {
-        "vision": model.model.vision_tower,
-        "projector": model.model.multi_modal_projector,
-        "llm": torch.nn.ModuleList([model.model.language_model, model.lm_head]),
-    }
-    summary = {}
-    for name, module in parts.items():
-        seen: set[int] = set()
-        total = trainable = 0
-        for parameter in module.parameters():
-            if id(parameter) in seen:
-                continue  # tied embeddings count once
-            seen.add(id(parameter))
-            total += parameter.numel()
-            trainable += parameter.numel() if parameter.requires_grad else 0
-        summary[name] = {"parameters": total, "trainable": trainable}
-    return summary
-
-
-def format_summary(model: LlavaForConditionalGeneration) -> str:
-    summary = parameter_summary(model)
-    lines = [f"{'part':<10}{'parameters':>14}{'trainable':>14}"]
-    for name, counts in summary.items():
-        lines.append(f"{name:<10}{counts['parameters']:>14,}{counts['trainable']:>14,}")
-    total = sum(c["parameters"] for c in summary.values())
-    trainable = sum(c["trainable"] for c in summary.values())
-    lines.append(f"{'total':<10}{total:>14,}{trainable:>14,}")
-    lines.append(f"image tokens per image: {model.config.image_seq_length}")
-    return "\n".join(lines)

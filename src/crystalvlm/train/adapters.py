@@ -97,9 +97,6 @@ def refuse_impossible_adapters(recipe: Recipe, stage_names: list[str] | None = N
             if importlib.util.find_spec("bitsandbytes") is None:
                 raise AdapterError(f"stage {stage.name!r}: lora.quantize={stage.lora.quantize} (QLoRA) needs "
                                    "bitsandbytes (pip install bitsandbytes)")
-        if stage.lora.plora and importlib.util.find_spec("crystalvlm.models.partial_lora") is None:
-            raise AdapterError(f"stage {stage.name!r}: lora.plora needs crystalvlm.models.partial_lora, "
-                               "which this installation lacks")
 
 
 # ----------------------------------------------------------------------------- the adapters step
@@ -261,14 +258,9 @@ def save_stage_final(model, processor, final: Path, adapters: StageAdapters, tun
 
         say("lora.plora: Partial LoRA applies its update only at image-token positions, so it cannot be merged "
             f"into the base weights; {final} is a Partial LoRA checkpoint (load it with load_partial_lora)")
-        staging = final.with_name(final.name + f".tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_partial_lora(model, staging, processor=processor, info=info)
-        if not (staging / "tokenizer_config.json").exists():  # the processor, with the stage's chat template
-            processor.save_pretrained(staging)
-        if not (staging / "crystalvlm.json").exists():
-            write_sidecar(staging, info)
-        return _rename_into_place(staging, final)
+        # It writes the processor (with the stage's chat template) and the sidecar, staged and renamed whole.
+        save_partial_lora(model, final, processor=processor, info=info)
+        return final
     if settings.quantize and settings.merge:
         kept = save_adapter_folder(model, processor, final.with_name("adapter"), adapters, tunable, info)
         shutil.rmtree(final, ignore_errors=True)
