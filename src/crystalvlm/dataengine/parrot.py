@@ -35,7 +35,7 @@ class TextReader(Protocol):
     def read(self, images: list[Image.Image]) -> list[list[str]]: ...
 
 
-class ReaderError(RuntimeError):
+class ReaderError(ValueError):
     """A reader that cannot be loaded (unknown name, not installed, no model files)."""
 
 
