@@ -50,11 +50,6 @@ class _CountingStep(StreamStep):
         for entry in entries:
             self.counts.update(entry)
 
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        for key in [k for k in state if k.startswith("_loaded")]:
-            state[key] = None  # models are rebuilt in each process
-        return state
 
 
 class ParrotStep(_CountingStep):
@@ -71,6 +66,12 @@ class ParrotStep(_CountingStep):
         self._loaded_reader = reader if reader is not None and not isinstance(reader, str) else None
         if self.reader_spec is not None:
             self._loaded_reader = load_reader(self.reader_spec, reader_model)  # fail now, not in a worker
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.reader_spec is not None:
+            state["_loaded_reader"] = None  # rebuilt from its spec in the process that unpickles the step
+        return state
 
     def reader(self) -> TextReader | None:
         if self._loaded_reader is None and self.reader_spec is not None:
@@ -131,6 +132,9 @@ class CaptionStep(_CountingStep):
         self.caption_settings = settings
         self.engine_batch_size = batch_size
         self._loaded_engine = engine
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loaded_engine": None}  # rebuilt from the checkpoint in each process
 
     def engine(self):
         if self._loaded_engine is None:
