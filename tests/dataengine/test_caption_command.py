@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from crystalvlm.cli import main
 
 
-def test_caption_writes_records_and_reports_bad_ones(tiny_checkpoint, colour_world, tmp_path, capsys):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_caption_writes_records_and_reports_bad_ones(tiny_checkpoint, colour_world, tmp_path, capsys, workers):
     images = sorted(p.name for p in colour_world["images"].iterdir())[:5]
     source = tmp_path / "images.jsonl"
     lines = [json.dumps({"image": image, "keep": index}) for index, image in enumerate(images)]
@@ -17,7 +20,7 @@ def test_caption_writes_records_and_reports_bad_ones(tiny_checkpoint, colour_wor
     out = tmp_path / "captioned.jsonl"
     assert main(["data", "caption", str(source), "--out", str(out), "--model", str(tiny_checkpoint),
                  "--image-folder", str(colour_world["images"]), "--max-new-tokens", "4", "--caption-key", "detailed",
-                 "--batch-size", "4", "--quiet"]) == 0
+                 "--batch-size", "4", "--workers", str(workers), "--quiet"]) == 0
     output = capsys.readouterr().out
     summary = json.loads(output[output.index("{"):])
     kept = [json.loads(line) for line in out.read_text().splitlines()]
@@ -26,6 +29,7 @@ def test_caption_writes_records_and_reports_bad_ones(tiny_checkpoint, colour_wor
     removed = [json.loads(line) for line in (tmp_path / "captioned.removed.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in removed] == [(3, "broken JSON"), (4, "missing image"), (5, "missing image")]
     assert summary["caption"]["captioned"] == 5 and summary["kept"] == 5 and summary["removed"] == 3
+    assert summary["workers"] == workers
 
 
 def test_caption_trains_a_captioner_first_from_detailed_captions(tiny_checkpoint, colour_world, tmp_path, capsys):
