@@ -10,7 +10,8 @@ Steps (each resumes: a finished step's output is reused):
                ("CAT", "CAT CAT", "text CAT"): 24% of the pairs (worlds/shapes/parrot.py)
  2. reader     the world's tiny text reader trained on its training images (worlds/shapes/text_reader.py)
  3. detect     `data parrot` with the ground truth (--spotted-key visible_text) and with the reader;
-               precision/recall of the removals against the injected truth
+               precision/recall of the removals against the injected truth (the reader also on
+               held-out images: the TextVQA benchmark's, half of them given parrot captions)
  4. clips      two tiny CLIPs, same steps and seed: on the reader-curated pairs and on a random subset
                of the uncurated pairs of the same size
  5. probe      text spotting (which of the world's texts an image shows, by image-text similarity;
@@ -260,6 +261,26 @@ def main() -> int:
                                                                         *common, *source]),
                         "summary": summary,
                         "against_truth": removal_quality(pairs_path, curated.with_name(curated.stem + ".removed.jsonl"))}
+        save()
+
+    # 3b. the reader on held-out images (the TextVQA benchmark's, all with text, none seen in training):
+    # every other caption spells the text, the rest are shape tags
+    if "detect_reader_held_out" not in results:
+        held = json.loads((world / "annotations" / "textvqa.json").read_text())
+        held_pairs = [{"image": entry["file"], "caption": entry["text"] if index % 2 == 0 else shape_tags(entry["objects"]),
+                       "is_parrot": index % 2 == 0} for index, entry in enumerate(held["images"])]
+        held_path = out / "pairs_held_out.jsonl"
+        write_jsonl(held_path, held_pairs)
+        curated = out / "curated_held_out.jsonl"
+        for stale in out.glob("curated_held_out*"):
+            stale.unlink()
+        arguments = [str(held_path), "--out", str(curated), "--image-folder", str(world / held["image_root"]),
+                     "--threshold", "0.5", "--reader", "crystalvlm.worlds.shapes.text_reader:load_reader",
+                     "--reader-model", str(reader_dir)]
+        summary = run_parrot_command(arguments)
+        results["detect_reader_held_out"] = {
+            "command": "crystalvlm data parrot " + " ".join([held_path.name, *arguments[1:]]), "summary": summary,
+            "against_truth": removal_quality(held_path, curated.with_name(curated.stem + ".removed.jsonl"))}
         save()
 
     # 4. CLIPs at equal size: uncurated, curated with the ground truth, curated with the reader
