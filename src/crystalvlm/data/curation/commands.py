@@ -102,6 +102,47 @@ def _add_clean(data_sub) -> None:
     parser.set_defaults(func=_cmd_clean)
 
 
+# ----------------------------------------------------------------------------- balance
+def _cmd_balance(args: argparse.Namespace) -> int:
+    from crystalvlm.data.curation.balance import BalanceSettings, balance_file
+
+    source, out = _check_paths(args)
+    settings = BalanceSettings(text_key=args.text_key, cap=args.cap, min_count=args.min_count, seed=args.seed)
+    summary = balance_file(source, out, settings, workers=args.workers, batch_size=args.batch_size,
+                           progress=not args.quiet)
+
+    def coverage_table(page) -> None:
+        page.heading("Concept coverage")
+        before, after = summary["coverage"]["before"], summary["coverage"]["after"]
+        page.table(["measure", "before", "after"], [[key, before[key], after[key]] for key in before])
+
+    summary["report"] = str(_report(summary, out, f"data balance: {source.name}", coverage_table))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_balance(data_sub) -> None:
+    parser = data_sub.add_parser(
+        "balance", help="a concept-balanced subset (LCS-558K's recipe): cap frequent noun phrases, keep rare ones",
+        description="Pass 1 counts the noun-phrase concepts of every record (saved to OUT.concepts.json); pass 2 "
+                    "keeps a record when one of its concepts selects it: all records of a concept seen at most "
+                    "--cap times, a random ~--cap of a more frequent one. Kept records go to --out unchanged and "
+                    "in input order, the others to OUT.removed.jsonl with a `reason`; the JSON summary (printed "
+                    "last) gives concept coverage before and after.")
+    parser.add_argument("input", help="a JSON-lines file, one record (object) per line")
+    parser.add_argument("--out", required=True, help="the kept records (JSON lines); also writes OUT.removed.jsonl")
+    parser.add_argument("--text-key", default="text", help="the record field holding the caption")
+    parser.add_argument("--cap", type=int, default=100, help="about this many records kept per frequent concept")
+    parser.add_argument("--min-count", type=int, default=1,
+                        help="ignore concepts seen fewer times (LLaVA used 3); a record with none left is removed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random subset of a frequent concept")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the per-record work")
+    parser.add_argument("--batch-size", type=int, default=256, help="records per task sent to a worker")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_cmd_balance)
+
+
 def add_curation_subcommands(data_sub) -> None:
     """Register `clean` and `balance` under `crystalvlm data`."""
     _add_clean(data_sub)
+    _add_balance(data_sub)
