@@ -61,6 +61,11 @@ def test_clean_contract(tmp_path, capsys):
     assert summary["pii"]["kept_records_with_pii"] == 1 and summary["pii"]["found_in_kept_records"] == {
         "email": 1, "phone": 1}
     assert (tmp_path / "out.jsonl.report.html").exists()
+    # datatrove's executor for the per-record half: the same files, bad lines included
+    other = tmp_path / "dt.jsonl"
+    code, dt_summary, _ = run_cli(capsys, str(source), "--out", str(other), "--engine", "datatrove", "--workers", "2")
+    assert other.read_bytes() == out.read_bytes() and removed_path(other).read_bytes() == removed_path(out).read_bytes()
+    assert dt_summary["removed_by_reason"] == summary["removed_by_reason"]
 
 
 def test_summary_is_the_last_line_printed(tmp_path, capsys):
@@ -96,7 +101,16 @@ def test_resume_and_workers_equal_one_uninterrupted_run(tmp_path):
     parallel = tmp_path / "parallel.jsonl"
     s_parallel = run_stream(source, parallel, CleanStep(settings), text_key="text", batch_size=16, workers=2,
                             progress=False)
-    for other in (cut, parallel):
+    # the per-record half as two datatrove tasks (LocalPipelineExecutor), then the ordered pass
+    from crystalvlm.data.curation.datatrove_engine import run_with_datatrove, slice_bounds
+
+    on_datatrove = tmp_path / "datatrove.jsonl"
+    s_datatrove = run_with_datatrove(source, on_datatrove, CleanStep(settings), tasks=2, text_key="text",
+                                     batch_size=16, progress=False)
+    assert s_datatrove["engine"] == "datatrove" and not (tmp_path / "datatrove.jsonl.work").exists()
+    start, end, before = slice_bounds(source, 1, 2)
+    assert source.read_bytes()[start - 1:start] == b"\n" and before == source.read_bytes()[:start].count(b"\n")
+    for other in (cut, parallel, on_datatrove):
         assert other.read_bytes() == whole.read_bytes()
         assert removed_path(other).read_bytes() == removed_path(whole).read_bytes()
     assert second["removed_by_reason"] == s_whole["removed_by_reason"] == s_parallel["removed_by_reason"]

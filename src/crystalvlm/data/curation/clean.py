@@ -168,6 +168,7 @@ class CleanStep(StreamStep):
         self.notes: list[str] = []
         self._filters = None  # built lazily in each process (datatrove objects, the language model)
         self._language = None
+        self._minhash = None
         self.bands, self.rows = _lsh_shape(settings.near_threshold, settings.num_perm)
         self.exact_first: dict[int, int] = {}
         self.band_first: dict[int, int] = {}
@@ -179,7 +180,7 @@ class CleanStep(StreamStep):
 
     def __getstate__(self):  # workers rebuild the filters themselves
         state = dict(self.__dict__)
-        state.update(_filters=None, _language=None)
+        state.update(_filters=None, _language=None, _minhash=None)
         return state
 
     # ---------------------------------------------------------------- per record (parallel)
@@ -230,7 +231,9 @@ class CleanStep(StreamStep):
         words = WORD.findall(matching)
         n = self.settings_.shingle
         shingles = {" ".join(words[i:i + n]).encode("utf-8") for i in range(max(1, len(words) - n + 1))}
-        signature = MinHash(num_perm=self.settings_.num_perm, seed=self.settings_.seed)
+        if self._minhash is None:  # its permutations cost more than hashing a caption: made once
+            self._minhash = MinHash(num_perm=self.settings_.num_perm, seed=self.settings_.seed)
+        signature = self._minhash.copy()  # an empty signature sharing the permutations
         signature.update_batch(list(shingles))
         values = signature.hashvalues  # (num_perm,) uint64
         # one key per band: the band's index and its `rows` values hashed to 64 bits
@@ -239,6 +242,12 @@ class CleanStep(StreamStep):
 
     def prepare(self, records: list[dict]) -> list[RecordFeatures]:
         return [self.features(record[self.settings_.text_key]) for record in records]
+
+    def encode_prepared(self, item: RecordFeatures) -> dict:
+        return {key: value for key, value in asdict(item).items() if value is not None}
+
+    def decode_prepared(self, encoded: dict) -> RecordFeatures:
+        return RecordFeatures(**encoded)
 
     # ---------------------------------------------------------------- in input order (stateful)
     def decide(self, lines: list[int], records: list[dict], prepared: list[Any]) -> list[Verdict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -59,8 +60,20 @@ def _cmd_clean(args: argparse.Namespace) -> int:
         min_stop_words=args.min_stop_words, languages=_comma_list(args.languages), pii=args.pii,
         exact=not args.no_exact, near=not args.no_near, near_threshold=args.near_threshold, shingle=args.shingle,
         num_perm=args.num_perm)
-    summary = run_stream(source, out, CleanStep(settings), text_key=args.text_key, workers=args.workers,
-                         batch_size=args.batch_size, progress=not args.quiet)
+    if args.engine == "datatrove":
+        from crystalvlm.data.curation.datatrove_engine import run_with_datatrove
+
+        if args.quiet:  # datatrove logs each task's progress through loguru on stderr
+            from loguru import logger
+
+            logger.remove()
+            logger.add(sys.stderr, level="WARNING")
+
+        summary = run_with_datatrove(source, out, CleanStep(settings), tasks=args.workers, text_key=args.text_key,
+                                     batch_size=args.batch_size, progress=not args.quiet)
+    else:
+        summary = run_stream(source, out, CleanStep(settings), text_key=args.text_key, workers=args.workers,
+                             batch_size=args.batch_size, progress=not args.quiet)
     summary["report"] = str(_report(summary, out, f"data clean: {source.name}"))
     print(json.dumps(summary, indent=2))
     return 0
@@ -96,7 +109,10 @@ def _add_clean(data_sub) -> None:
     parser.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
     parser.add_argument("--no-exact", action="store_true", help="keep exact duplicates")
     parser.add_argument("--no-near", action="store_true", help="keep near duplicates")
-    parser.add_argument("--workers", type=int, default=1, help="processes for the per-record work")
+    parser.add_argument("--workers", type=int, default=1, help="processes (or datatrove tasks) for the per-record work")
+    parser.add_argument("--engine", choices=["stream", "datatrove"], default="stream",
+                        help="stream: a multiprocessing pool inside the streaming runner; datatrove: the per-record "
+                             "work as datatrove tasks (LocalPipelineExecutor), then the ordered pass; same output")
     parser.add_argument("--batch-size", type=int, default=256, help="records per task sent to a worker")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cmd_clean)

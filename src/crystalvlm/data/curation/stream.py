@@ -68,6 +68,13 @@ class StreamStep:
         """One Verdict per record, in input order; `lines[i]` is record i's 1-based line number in IN."""
         raise NotImplementedError
 
+    def encode_prepared(self, item: Any) -> Any:
+        """`prepare`'s result for one record as JSON (for engines that pass it through files)."""
+        return item
+
+    def decode_prepared(self, encoded: Any) -> Any:
+        return encoded
+
     def take_journal(self) -> list:
         """JSON-able entries describing state learned since the last call (committed with the outputs)."""
         return []
