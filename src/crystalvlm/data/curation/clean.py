@@ -45,7 +45,13 @@ PII_MODES = ("report", "remove", "scrub")
 # first two and no phone pattern, so all three are written here with one scheme of placeholders.
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
 IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
-PHONE = re.compile(r"(?<![\w.+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){2,3}(?![\w.])")
+PHONE = re.compile(r"(?<![\w.+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}(?!\w|[.-]\d)")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _is_phone(match: str) -> bool:
+    """Seven digits or more, and not a date like 2024-05-06."""
+    return sum(c.isdigit() for c in match) >= 7 and not ISO_DATE.fullmatch(match.strip())
 PII_PLACEHOLDERS = {"email": "<EMAIL>", "ip": "<IP>", "phone": "<PHONE>"}
 
 
@@ -90,7 +96,7 @@ def find_pii(text: str) -> dict[str, int]:
     found = {}
     emails = len(EMAIL.findall(text))
     ips = sum(1 for match in IPV4.findall(text) if _public_ip(match))
-    phones = len([m for m in PHONE.findall(EMAIL.sub(" ", IPV4.sub(" ", text))) if sum(c.isdigit() for c in m) >= 7])
+    phones = sum(1 for m in PHONE.findall(EMAIL.sub(" ", IPV4.sub(" ", text))) if _is_phone(m))
     for kind, count in (("email", emails), ("ip", ips), ("phone", phones)):
         if count:
             found[kind] = count
@@ -101,8 +107,7 @@ def scrub_pii(text: str) -> str:
     """The text with each e-mail address, public IP and phone number replaced by a placeholder."""
     text = EMAIL.sub(PII_PLACEHOLDERS["email"], text)
     text = IPV4.sub(lambda m: PII_PLACEHOLDERS["ip"] if _public_ip(m.group(0)) else m.group(0), text)
-    return PHONE.sub(lambda m: PII_PLACEHOLDERS["phone"] if sum(c.isdigit() for c in m.group(0)) >= 7
-                     else m.group(0), text)
+    return PHONE.sub(lambda m: PII_PLACEHOLDERS["phone"] if _is_phone(m.group(0)) else m.group(0), text)
 
 
 def _public_ip(text: str) -> bool:
