@@ -73,9 +73,11 @@ def _verb_like(word: str) -> bool:
     return len(word) > 5 and word.endswith("ing")
 
 
-def record_concepts(record: dict, text_key: str) -> list[str]:
-    """The distinct concepts of a record, in order of first mention."""
-    return list(dict.fromkeys(noun_phrases(record[text_key])))
+def record_concepts(record: dict, text_key: str, heads: bool = False) -> list[str]:
+    """The distinct concepts of a record, in order of first mention: its noun phrases, or with
+    heads=True their last words ('red circle' and 'blue circle' are both 'circle')."""
+    phrases = noun_phrases(record[text_key])
+    return list(dict.fromkeys(phrase.rsplit(" ", 1)[-1] for phrase in phrases) if heads else dict.fromkeys(phrases))
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class BalanceSettings:
     cap: int = 100  # about this many records kept per frequent concept
     min_count: int = 1
     seed: int = 0
+    heads: bool = False  # count head nouns ('circle') instead of whole phrases ('red circle')
 
     def __post_init__(self):
         if self.cap < 1 or self.min_count < 1:
@@ -102,7 +105,7 @@ class ConceptCountStep(StreamStep):
         self._new: Counter = Counter()
 
     def prepare(self, records: list[dict]) -> list[list[str]]:
-        return [record_concepts(record, self.settings_.text_key) for record in records]
+        return [record_concepts(record, self.settings_.text_key, self.settings_.heads) for record in records]
 
     def decide(self, lines, records, prepared) -> list[Verdict]:
         for concepts in prepared:
@@ -122,7 +125,7 @@ class ConceptCountStep(StreamStep):
             self.records = entry["records"]
 
     def settings(self) -> dict:
-        return {"balance": {"text_key": self.settings_.text_key}}
+        return {"balance": {"text_key": self.settings_.text_key, "heads": self.settings_.heads}}
 
 
 class BalanceSelectStep(StreamStep):
@@ -144,7 +147,8 @@ class BalanceSelectStep(StreamStep):
         return int.from_bytes(digest, "little") / 2 ** 64
 
     def prepare(self, records: list[dict]) -> list[list[str]]:
-        return [[c for c in record_concepts(record, self.settings_.text_key) if c in self.counts] for record in records]
+        return [[c for c in record_concepts(record, self.settings_.text_key, self.settings_.heads) if c in self.counts]
+                for record in records]
 
     def decide(self, lines, records, prepared) -> list[Verdict]:
         verdicts = []
@@ -203,7 +207,7 @@ def balance_file(in_path: Path, out_path: Path, settings: BalanceSettings, *, wo
     counts_path = out_path.with_name(out_path.name + ".concepts.json")
     stat = in_path.stat()
     identity = {"input": str(in_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "text_key": settings.text_key}
+                "text_key": settings.text_key, "heads": settings.heads}
     counted = json.loads(counts_path.read_text(encoding="utf-8")) if counts_path.exists() else None
     if counted is None or counted.get("identity") != identity:
         step = ConceptCountStep(settings)

@@ -123,7 +123,8 @@ def _cmd_balance(args: argparse.Namespace) -> int:
     from crystalvlm.data.curation.balance import BalanceSettings, balance_file
 
     source, out = _check_paths(args)
-    settings = BalanceSettings(text_key=args.text_key, cap=args.cap, min_count=args.min_count, seed=args.seed)
+    settings = BalanceSettings(text_key=args.text_key, cap=args.cap, min_count=args.min_count, seed=args.seed,
+                               heads=args.heads)
     summary = balance_file(source, out, settings, workers=args.workers, batch_size=args.batch_size,
                            progress=not args.quiet)
 
@@ -152,6 +153,8 @@ def _add_balance(data_sub) -> None:
     parser.add_argument("--min-count", type=int, default=1,
                         help="ignore concepts seen fewer times (LLaVA used 3); a record with none left is removed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random subset of a frequent concept")
+    parser.add_argument("--heads", action="store_true",
+                        help="count head nouns ('circle') instead of whole noun phrases ('red circle')")
     parser.add_argument("--workers", type=int, default=1, help="processes for the per-record work")
     parser.add_argument("--batch-size", type=int, default=256, help="records per task sent to a worker")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
