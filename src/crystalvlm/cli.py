@@ -152,8 +152,10 @@ def _add_data(sub) -> None:
     shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
+    from crystalvlm.data.curation.commands import add_curation_subcommands
     from crystalvlm.dataengine.commands import add_data_subcommands
 
+    add_curation_subcommands(data)  # clean, balance
     add_data_subcommands(data)  # parrot, caption
 
 

@@ -125,3 +125,53 @@ def test_resume_refuses_changed_settings(tmp_path):
         run_stream(source, out, SeenBefore(), text_key="other", progress=False)
     with pytest.raises(FileNotFoundError, match="no such input"):
         run_stream(tmp_path / "missing.jsonl", out, SeenBefore(), progress=False)
+
+
+class SlowSeenBefore(SeenBefore):
+    """SeenBefore that takes its time, so that a kill lands in the middle of a run."""
+
+    def decide(self, lines, records, prepared):
+        import time
+
+        time.sleep(0.02)
+        return super().decide(lines, records, prepared)
+
+
+KILLED_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_stream import SlowSeenBefore
+from crystalvlm.data.curation.stream import run_stream
+run_stream(sys.argv[2], sys.argv[3], SlowSeenBefore(), text_key="text", batch_size=8, commit_every=32, progress=False)
+"""
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    source = write_input(tmp_path / "in.jsonl", n=1500)
+    whole = tmp_path / "whole.jsonl"
+    run_stream(source, whole, SeenBefore(), text_key="text", batch_size=8, commit_every=32, progress=False)
+    cut = tmp_path / "cut.jsonl"
+    state_path = resume_paths(cut)[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(Path(__file__).parent), str(source), str(cut)],
+                             env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and child.poll() is None:
+        if state_path.exists() and json.loads(state_path.read_text())["line"] >= 200:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = json.loads(state_path.read_text())["line"]
+    assert 200 <= killed_at < 1500
+    summary = run_stream(source, cut, SeenBefore(), text_key="text", batch_size=8, commit_every=32, progress=False)
+    assert summary["resumed_from_line"] == killed_at and summary["complete"]
+    assert read_outputs(cut) == read_outputs(whole)

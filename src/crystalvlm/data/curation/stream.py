@@ -68,6 +68,13 @@ class StreamStep:
         """One Verdict per record, in input order; `lines[i]` is record i's 1-based line number in IN."""
         raise NotImplementedError
 
+    def encode_prepared(self, item: Any) -> Any:
+        """`prepare`'s result for one record as JSON (for engines that pass it through files)."""
+        return item
+
+    def decode_prepared(self, encoded: Any) -> Any:
+        return encoded
+
     def take_journal(self) -> list:
         """JSON-able entries describing state learned since the last call (committed with the outputs)."""
         return []
@@ -195,7 +202,19 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+class _NullSink:
+    """Stands in for an output file when a pass writes nothing."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
 def _sync(handle) -> int:
+    if isinstance(handle, _NullSink):
+        return 0
     handle.flush()
     os.fsync(handle.fileno())
     return handle.tell()
@@ -224,13 +243,15 @@ def run_stream(
     commit_every: int = 20_000,
     progress: bool = True,
     stop_after_lines: int | None = None,
+    write_outputs: bool = True,
 ) -> dict:
     """Map `step` over IN (JSON lines) into OUT and OUT.removed.jsonl; resume an interrupted run.
 
     text_key: when set, a record without a non-blank string under this key is removed ("missing
     text", "empty text") before the step sees it. workers: processes for `step.prepare` (1: none).
     stop_after_lines: stop (as if killed) after committing at least this many lines; for tests and
-    for processing a file in slices."""
+    for processing a file in slices. write_outputs=False: a pass that only learns (its state is the
+    journal), writing neither OUT nor OUT.removed.jsonl."""
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.is_file():
         raise FileNotFoundError(f"{in_path}: no such input file")
@@ -269,8 +290,8 @@ def run_stream(
     started = time.perf_counter()
     lines_this_run = 0
     pool = multiprocessing.Pool(workers, initializer=_init_worker, initargs=(step,)) if workers > 1 else None
-    out_handle = _open_truncated(out_path, state["out_size"])
-    removed_handle = _open_truncated(removed, state["removed_size"])
+    out_handle = _open_truncated(out_path, state["out_size"]) if write_outputs else _NullSink()
+    removed_handle = _open_truncated(removed, state["removed_size"]) if write_outputs else _NullSink()
     journal_handle = _open_truncated(journal_path, state["journal_size"])
     bar = tqdm(total=identity["size"], initial=state["offset"], unit="B", unit_scale=True,
                desc=f"{step.name} {in_path.name}", disable=not progress)
