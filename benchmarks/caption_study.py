@@ -14,7 +14,8 @@ Steps (each resumes):
  3. accuracy  CHAIR on shapes (CHAIR_s, CHAIR_i, recall), and whole-object recall/hallucination on
               (size, colour, shape, position), against the held-out images' annotations
  4. llava     recipe `tiny` three ways: short captions (the world's align.json); detailed captions in
-              alignment; detailed captions in alignment and in place of --swap instruction samples
+              alignment; detailed captions in alignment and in place of --swap instruction samples;
+              and a control, the world's exact detailed descriptions in alignment (--llava-runs)
 Results: benchmarks/results/caption_study.json.
 """
 
@@ -213,6 +214,17 @@ def main() -> int:
             {**record, "conversations": [record["conversations"][0],
                                          {"from": "gpt", "value": detailed[record["image"]]}]}
             for record in align if record["image"] in detailed])
+    # a control: the world's exact detailed description of every training image (a perfect captioner)
+    align_exact_path = out / "align_exact_detailed.json"
+    if not align_exact_path.is_file():
+        every = {}
+        for index, annotation in enumerate(train_truth):
+            scene = sample_scene(random.Random(f"shapes-train:{manifest['seed']}:{index}"), manifest["image_size"],
+                                 SceneConfig())
+            every[annotation["file"]] = detailed_description(scene)
+        write_json(align_exact_path, [
+            {**record, "conversations": [record["conversations"][0], {"from": "gpt", "value": every[record["image"]]}]}
+            for record in align])
     finetune = json.loads((world / "finetune.json").read_text())
     finetune_swapped_path = out / "finetune_swapped.json"
     if not finetune_swapped_path.is_file():
@@ -239,6 +251,7 @@ def main() -> int:
         "detailed_align": [f"datasets.captions.file={align_detailed_path}"],
         "detailed_align_and_finetune": [f"datasets.captions.file={align_detailed_path}",
                                         f"datasets.instruct.file={finetune_swapped_path}"],
+        "exact_detailed_align": [f"datasets.captions.file={align_exact_path}"],
     }
     for name in args.llava_runs.split(","):
         if name in results.setdefault("llava", {}):
