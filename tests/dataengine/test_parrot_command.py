@@ -109,3 +109,25 @@ def test_a_reader_that_cannot_load_is_a_clear_error(tmp_path, capsys):
     code = main(["data", "parrot", str(source), "--out", str(tmp_path / "o.jsonl"), "--reader", "no_such_module:factory"])
     assert code == 2
     assert "cannot import" in capsys.readouterr().err
+
+
+def test_a_cut_run_resumes_to_the_uninterrupted_output_and_summary(tmp_path):
+    from crystalvlm.data.curation.stream import run_stream
+    from crystalvlm.dataengine.parrot import ParrotSettings
+    from crystalvlm.dataengine.steps import ParrotStep
+
+    source = tmp_path / "pairs.jsonl"
+    with open(source, "w") as handle:
+        for index in range(60):
+            caption = "CAT" if index % 3 == 0 else f"a circle number {index}"
+            handle.write(json.dumps({"caption": caption, "ocr": ["CAT"]}) + "\n")
+    settings = ParrotSettings(spotted_key="ocr")
+    whole = run_stream(source, tmp_path / "whole.jsonl", ParrotStep(settings), batch_size=8, commit_every=10, progress=False)
+    cut = run_stream(source, tmp_path / "cut.jsonl", ParrotStep(settings), batch_size=8, commit_every=10, progress=False,
+                     stop_after_lines=20)
+    assert not cut["complete"]
+    resumed = run_stream(source, tmp_path / "cut.jsonl", ParrotStep(settings), batch_size=8, commit_every=10,
+                         progress=False)
+    assert resumed["complete"] and resumed["resumed_from_line"] > 0
+    assert (tmp_path / "cut.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert resumed["parrot"] == whole["parrot"] and whole["parrot"]["parrot_captions"] == 20

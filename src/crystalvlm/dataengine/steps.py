@@ -51,7 +51,6 @@ class _CountingStep(StreamStep):
             self.counts.update(entry)
 
 
-
 class ParrotStep(_CountingStep):
     name = "parrot"
 
