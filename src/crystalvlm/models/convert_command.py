@@ -20,11 +20,11 @@ from typing import Callable
 def add_convert_subcommand(sub, chat_template_for: Callable[[str], str]) -> None:
     """Register `convert`; `chat_template_for(template name)` renders a template's Jinja form
     (templates live in `data`, which `models` does not import)."""
-    from crystalvlm.models.converters import CONVERTERS
+    from crystalvlm.models.converters import TEMPLATES
 
     parser = sub.add_parser("convert", help="convert a released checkpoint (original layout) to a native HF Llava",
                             description=__doc__)
-    parser.add_argument("kind", choices=sorted(CONVERTERS), help="the source's layout")
+    parser.add_argument("kind", choices=sorted(TEMPLATES), help="the source's layout")
     parser.add_argument("source", help="the source checkpoint: a folder or a cached Hub id")
     parser.add_argument("--out", required=True, help="folder to write the converted checkpoint into (atomically)")
     parser.add_argument("--vision-tower", default=None,
@@ -34,7 +34,7 @@ def add_convert_subcommand(sub, chat_template_for: Callable[[str], str]) -> None
 
 def run_convert(args: argparse.Namespace, chat_template_for: Callable[[str], str]) -> int:
     from crystalvlm.models.checkpoint import ModelNotFoundError, resolve_model
-    from crystalvlm.models.converters import CONVERTERS, TEMPLATES
+    from crystalvlm.models.converters import TEMPLATES, converters
     from crystalvlm.models.converters.original_layout import ConversionError
 
     source = Path(args.source)
@@ -43,7 +43,7 @@ def run_convert(args: argparse.Namespace, chat_template_for: Callable[[str], str
             source = resolve_model(args.source)
         except ModelNotFoundError as error:
             raise ConversionError(str(error)) from None
-    out = CONVERTERS[args.kind](source, Path(args.out), vision_tower=args.vision_tower,
+    out = converters()[args.kind](source, Path(args.out), vision_tower=args.vision_tower,
                                 chat_template=chat_template_for(TEMPLATES[args.kind]))
     print(f"converted {args.kind} checkpoint {args.source} -> {out}")
     return 0

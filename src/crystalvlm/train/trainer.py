@@ -156,7 +156,8 @@ def build_or_load(run: StageRun, init_from: Path | None):
     template = get_template(run.stage.template)
     set_seed(run.recipe.seed)
     if init_from is None:
-        model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja())
+        model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja(),
+                                       image_mode=run.recipe.image_mode)
     else:
         model, processor, _ = load_checkpoint(init_from)
         processor.chat_template = template.chat_template_jinja()

@@ -18,11 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from crystalvlm.models.converters.crystalcoder import CannotFoldError, embedding_scale, fold_crystalcoder
+from crystalvlm.models.converters import TEMPLATES
 from crystalvlm.models.converters.native_llava import ConvertedParts, write_native_llava
 from crystalvlm.models.converters.original_layout import ConversionError, read_original
 
 ARCHITECTURES = ("LlavaCrystalForCausalLM",)
-TEMPLATE = "crystalchat"
+TEMPLATE = TEMPLATES["crystalchat"]
 
 
 def convert_crystalchat(source: str | Path, out: str | Path, vision_tower: str | None = None,

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from transformers import LlamaConfig
 
+from crystalvlm.models.converters import TEMPLATES
 from crystalvlm.models.converters.native_llava import ConvertedParts, write_native_llava
 from crystalvlm.models.converters.original_layout import ConversionError, read_original
 
 ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 LLAVA_FIELDS = ("mm_", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm", "freeze_mm", "use_mm_proj",
                 "unfreeze_mm", "mm_use_im", "image_token", "architectures", "auto_map", "model_type", "_name_or_path")
-TEMPLATE = "vicuna_v1"  # LLaVA-1.5's `llava_v1` conversation (conv_vicuna_v1)
+TEMPLATE = TEMPLATES["llava"]
 
 
 def convert_llava(source: str | Path, out: str | Path, vision_tower: str | None = None,
