@@ -27,6 +27,7 @@ from crystalvlm.cli import main  # noqa: E402
 from crystalvlm.models.converters.crystalchat import convert_crystalchat  # noqa: E402
 from crystalvlm.models.converters.llava import convert_llava  # noqa: E402
 from crystalvlm.models.converters.original_layout import ConversionError  # noqa: E402
+from crystalvlm.models.serving_compat import checkpoint_vllm_problems  # noqa: E402
 
 ATOL = 1e-4
 
@@ -63,6 +64,8 @@ def test_original_llava_converts_to_equal_logits(tmp_path, tower, projector):
     assert config["architectures"] == ["LlavaForConditionalGeneration"]
     assert config["projector_hidden_act"] == ("gelu" if projector == "mlp2x_gelu" else "linear")
     assert json.loads((out / "crystalvlm.json").read_text())["template"] == "vicuna_v1"
+    problems = checkpoint_vllm_problems(out)  # vLLM reads it as it is, except that it lacks an identity activation
+    assert problems == [] if projector == "mlp2x_gelu" else (len(problems) == 1 and "'linear'" in problems[0])
     from transformers import LlamaForCausalLM
 
     llama = LlamaForCausalLM.from_pretrained(source, dtype=torch.float32)  # loads model.* and lm_head, ignores mm_*
@@ -117,6 +120,7 @@ def test_crystalchat_mllm_converts_to_equal_logits_without_remote_code(tmp_path,
     assert config["text_config"]["model_type"] == "stablelm" and "auto_map" not in config
     assert not list(out.glob("*.py"))  # nothing to run: loads without trust_remote_code
     assert json.loads((out / "crystalvlm.json").read_text())["template"] == "crystalchat"
+    assert checkpoint_vllm_problems(out) == []  # StableLM text model, llava-hf weight names
     reference = AutoModelForCausalLM.from_pretrained(llm, trust_remote_code=True, dtype=torch.float32)
     original = OriginalLlava(source, reference, "transformer", reference.transformer.wte)
     _compare(original, out, [1, 4, 9, 7, IMAGE_TOKEN_INDEX, 6, 12, 13])

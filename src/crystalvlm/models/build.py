@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -209,6 +210,9 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None,
 
     vision_config = _vision_config(spec.vision)
     text_config = _llm_config(spec.llm)
+    if not text_config.architectures:
+        # Serving engines (vLLM) choose the LLM's class by it; a part built from a config has none.
+        text_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text_config.model_type]]
     image_tokens = image_token_count(vision_config, spec.vision_feature_select_strategy)
     config = LlavaConfig(
         vision_config=vision_config,

@@ -60,6 +60,7 @@ def stablelm_config(source: dict[str, Any]) -> StableLmConfig:
     if rotary_dim is None:
         rotary_dim = int(head_dim * float(_get(source, "rotary_pct", default=1.0)))
     return StableLmConfig(
+        architectures=["StableLmForCausalLM"],
         vocab_size=int(source["vocab_size"]),
         hidden_size=hidden,
         intermediate_size=int(_get(source, "n_inner", "intermediate_size", default=4 * hidden)),

@@ -32,7 +32,7 @@ def convert_llava(source: str | Path, out: str | Path, vision_tower: str | None 
     original = read_original(source, ARCHITECTURES, "original LLaVA (LlavaLlamaForCausalLM)")
     config = original.config
     text_fields = {key: value for key, value in config.items() if not key.startswith(LLAVA_FIELDS)}
-    text_config = LlamaConfig(**text_fields)
+    text_config = LlamaConfig(**text_fields, architectures=["LlamaForCausalLM"])
     text_weights = {key: value for key, value in original.weights.items()
                     if (key.startswith("model.") and not key.startswith(("model.mm_projector.", "model.vision_tower.")))
                     or key == "lm_head.weight"}
