@@ -29,7 +29,7 @@ TEMPLATE = TEMPLATES["crystalchat"]
 def convert_crystalchat(source: str | Path, out: str | Path, vision_tower: str | None = None,
                         chat_template: str | None = None) -> Path:
     """Convert and write `out`; returns it. Raises ConversionError (nothing written) on a wrong source."""
-    original = read_original(source, ARCHITECTURES, "CrystalChat-MLLM (LlavaCrystalForCausalLM)")
+    original = read_original(source, ARCHITECTURES, "CrystalChat-MLLM (LlavaCrystalForCausalLM)", vision_tower)
     config = original.config
     try:
         text_config, text_weights = fold_crystalcoder(config, original.weights, prefix="transformer.")

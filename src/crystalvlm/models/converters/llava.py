@@ -29,7 +29,7 @@ TEMPLATE = TEMPLATES["llava"]
 def convert_llava(source: str | Path, out: str | Path, vision_tower: str | None = None,
                   chat_template: str | None = None) -> Path:
     """Convert and write `out`; returns it. Raises ConversionError (nothing written) on a wrong source."""
-    original = read_original(source, ARCHITECTURES, "original LLaVA (LlavaLlamaForCausalLM)")
+    original = read_original(source, ARCHITECTURES, "original LLaVA (LlavaLlamaForCausalLM)", vision_tower)
     config = original.config
     text_fields = {key: value for key, value in config.items() if not key.startswith(LLAVA_FIELDS)}
     text_config = LlamaConfig(**text_fields, architectures=["LlamaForCausalLM"])

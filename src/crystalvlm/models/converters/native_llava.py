@@ -120,7 +120,8 @@ def write_native_llava(parts: ConvertedParts, out: Path, source: Path, kind: str
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=True)
     if len(tokenizer) > original_vocab:
-        # New rows (<image>, a pad) start as the mean row: <image> positions are replaced by image features.
+        # New rows (<image>, a pad) are drawn around the old rows' mean (transformers' mean_resizing);
+        # <image> positions are replaced by image features, so no logit of the source changes.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.use_cache = True

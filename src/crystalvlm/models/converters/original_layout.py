@@ -52,6 +52,10 @@ class OriginalCheckpoint:
         found = {key[len(prefix):]: value for key, value in self.weights.items() if key.startswith(prefix)}
         if not found:
             raise ConversionError(f"{self.folder}: no projector weights ({prefix}*) in the checkpoint")
+        expected = {"mlp2x_gelu": ("0.weight", "0.bias", "2.weight", "2.bias"), "linear": ("weight", "bias")}
+        lacking = [prefix + name for name in expected.get(kind, ()) if name not in found]
+        if lacking:
+            raise ConversionError(f"{self.folder}: mm_projector_type {kind!r} but the checkpoint lacks {lacking}")
         if kind == "mlp2x_gelu":
             return {"linear_1.weight": found["0.weight"], "linear_1.bias": found["0.bias"],
                     "linear_2.weight": found["2.weight"], "linear_2.bias": found["2.bias"]}
@@ -118,9 +122,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def read_original(folder: str | Path, architectures: tuple[str, ...], kind: str) -> OriginalCheckpoint:
+def read_original(folder: str | Path, architectures: tuple[str, ...], kind: str,
+                  vision_tower: str | None = None) -> OriginalCheckpoint:
     """The checkpoint at `folder`, refused unless it is an original-layout LLaVA model of one of
-    `architectures` (a native HF Llava, a plain LLM or another kind gets a message saying so)."""
+    `architectures` (a native HF Llava, a plain LLM or another kind gets a message saying so) whose
+    vision tower is known (its config's `mm_vision_tower`, or `vision_tower` given here)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConversionError(f"{folder}: no such folder (download the checkpoint first, e.g. `hf download ...`)")
@@ -138,6 +144,7 @@ def read_original(folder: str | Path, architectures: tuple[str, ...], kind: str)
             hint = "a LLaVA variant no converter reads yet"
         raise ConversionError(f"{folder} is not a {kind} checkpoint (architectures {found}, expected one of "
                               f"{list(architectures)}): {hint}")
-    if not config.get("mm_vision_tower") and not config.get("vision_tower"):
-        raise ConversionError(f"{folder}: config has no mm_vision_tower, so the vision tower is unknown")
+    if not (vision_tower or config.get("mm_vision_tower") or config.get("vision_tower")):
+        raise ConversionError(f"{folder}: config has no mm_vision_tower, so the vision tower is unknown; "
+                              f"name it with --vision-tower")
     return OriginalCheckpoint(folder, config, read_weights(folder))
