@@ -150,7 +150,9 @@ def check_launch(shape: ModelShape, plan: LaunchPlan, capacity: int | None, stag
     if capacity is not None and estimate.total > capacity:
         raise LaunchWontFitError(
             f"stage {stage!r} needs about {estimate.total / GIB:.1f} GiB per GPU for this launch and the GPU has "
-            f"{capacity / GIB:.1f} GiB; fix: {suggest_fix(shape, plan, capacity)}\n{estimate.table(plan, capacity)}")
+            f"{capacity / GIB:.1f} GiB; fix: {suggest_fix(shape, plan, capacity)}. The estimate takes every sample at "
+            f"max_length ({plan.max_length}); if yours are much shorter, lower max_length, or set the stage's "
+            f"memory_check: false to try anyway\n{estimate.table(plan, capacity)}")
     return estimate
 
 
@@ -193,7 +195,7 @@ def check_stage_memory(run, model) -> MemoryEstimate:
     plan = plan_of(run.accelerator, run.stage)
     shape = shape_of(model, trainable, frozen)
     capacity = gpu_capacity(run.accelerator)
-    estimate = check_launch(shape, plan, capacity, run.stage.name)
+    estimate = check_launch(shape, plan, capacity if run.stage.memory_check else None, run.stage.name)
     run.say(estimate.table(plan, capacity))
     if run.accelerator.is_main_process:
         record = {"plan": asdict(plan), "shape": asdict(shape), "estimate": estimate.to_dict(), "capacity": capacity}

@@ -78,6 +78,7 @@ class StageConfig:
     log_every: int = 1
     lora: LoraSettings | None = None  # None: every tunable part trains fully
     save_dtype: str = "auto"  # the final checkpoint's dtype; auto: the training (compute) dtype
+    memory_check: bool = True  # refuse a launch whose estimated memory per GPU exceeds the GPU's
 
     def __post_init__(self) -> None:
         unknown = set(self.tunable) - set(PARTS)
