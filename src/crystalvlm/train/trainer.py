@@ -51,8 +51,8 @@ from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_c
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
-from crystalvlm.train.memory_estimate import check_stage_memory
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
+from crystalvlm.train.memory_estimate import check_stage_memory
 from crystalvlm.train.provenance import write_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
