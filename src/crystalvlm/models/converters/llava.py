@@ -22,7 +22,8 @@ from crystalvlm.models.converters.original_layout import ConversionError, read_o
 
 ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 LLAVA_FIELDS = ("mm_", "image_aspect_ratio", "image_grid_pinpoints", "tune_mm", "freeze_mm", "use_mm_proj",
-                "unfreeze_mm", "mm_use_im", "image_token", "architectures", "auto_map", "model_type", "_name_or_path")
+                "unfreeze_mm", "mm_use_im", "image_token", "tokenizer_", "architectures", "auto_map", "model_type",
+                "_name_or_path")  # LLaVA's training settings, not the Llama text model's
 TEMPLATE = TEMPLATES["llava"]
 
 
