@@ -21,6 +21,9 @@ Layout of `out` (every round's data, checkpoint, scores and weights kept):
     summary.json                   {"rounds": [{"round", "overall", "scores", "weights", "records"}]}
     report.html                    scores per round
 
+With `training="accumulate"` each round trains the starting model on the records of all rounds so
+far (round_i/accumulated.json) instead of the previous model on the new ones.
+
 Round 0 is the starting model (weights {}, records 0); round i's weights are the ones its records
 were sampled with, computed from round i-1's error rates. Every step's output appears whole (written
 beside its name, then renamed), and a step whose output exists is not redone, so a run killed at
@@ -44,6 +47,9 @@ from crystalvlm.eval.outputs import write_atomically
 
 SETTINGS_FILE = "engine.json"
 SUMMARY_FILE = "summary.json"
+# continue: round i finetunes round i-1's model on round i's records (the paper's incremental rounds);
+# accumulate: round i finetunes the starting model on the records of rounds 1..i (a growing dataset).
+TRAINING_MODES = ("continue", "accumulate")
 
 
 @dataclass
@@ -86,6 +92,7 @@ class EngineSettings:
     sampling: str = "adaptive"
     floor: float = 0.05  # the smallest share of a round's budget any capability gets (ABS)
     seed: int = 0
+    training: str = "continue"  # TRAINING_MODES
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -94,6 +101,8 @@ class EngineSettings:
             raise ValueError(f"--budget must be at least 1, got {self.budget}")
         if self.sampling not in SAMPLING_MODES:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLING_MODES)}")
+        if self.training not in TRAINING_MODES:
+            raise ValueError(f"unknown training {self.training!r}; known: {', '.join(TRAINING_MODES)}")
 
 
 def _write_json(path: Path, value) -> None:
@@ -217,6 +226,19 @@ class DataEngine:
             self.say(f"round {index}: {len(made.dropped)} generated record(s) dropped (reasons in {data / 'dropped.jsonl'})")
         return data
 
+    def accumulated_records(self, index: int) -> Path:
+        """round_<index>/accumulated.json: the records of rounds 1..index, image paths relative to `out`."""
+        path = self.round_dir(index) / "accumulated.json"
+        if not path.is_file():
+            records = []
+            for earlier in range(1, index + 1):
+                for record in _read_json(self.round_dir(earlier) / "data" / "records.json"):
+                    if record.get("image"):
+                        record = {**record, "image": f"round_{earlier}/data/images/{record['image']}"}
+                    records.append(record)
+            write_atomically(path, json.dumps(records, ensure_ascii=False))
+        return path
+
     def _seed(self, index: int) -> int:
         return self.settings.seed * 1000 + index
 
@@ -229,9 +251,12 @@ class DataEngine:
         for index in range(1, self.settings.rounds + 1):
             plan = self.weights(index)
             data = self.generate(index, plan, checkpoint)
-            self.say(f"round {index}: finetuning {checkpoint.name} on {data / 'records.json'}")
-            checkpoint = self.finetuner.finetune(checkpoint, DataSource(data / "records.json", data / "images"),
-                                                 self.round_dir(index) / "train", self._seed(index))
+            if self.settings.training == "accumulate":
+                source, base = DataSource(self.accumulated_records(index), self.out), self.start
+            else:
+                source, base = DataSource(data / "records.json", data / "images"), checkpoint
+            self.say(f"round {index}: finetuning {base} on {source.file}")
+            checkpoint = self.finetuner.finetune(base, source, self.round_dir(index) / "train", self._seed(index))
             self.evaluate(index, checkpoint)
             self.write_summary()
         return _read_json(self.out / SUMMARY_FILE)

@@ -39,9 +39,12 @@ def add_engine_subcommands(subparsers) -> None:
                      help="adaptive: ABS, shares proportional to error rates with a floor; uniform: equal shares")
     run.add_argument("--floor", type=float, default=0.05, help="the smallest share of a round's budget per capability")
     run.add_argument("--seed", type=int, default=0, help="seed of generation and training")
+    run.add_argument("--training", choices=["continue", "accumulate"], default="continue",
+                     help="continue: each round finetunes the previous round's model on its new records; "
+                          "accumulate: each round finetunes the starting model on all records so far")
     run.add_argument("--epochs", type=float, default=None, help="finetune epochs over each round's records "
-                                                                 "(default: the world's, 3)")
-    run.add_argument("--probe-size", type=int, default=60, help="probe questions per capability")
+                                                                 "(default: the world's, 2)")
+    run.add_argument("--probe-size", type=int, default=200, help="probe questions per capability")
     run.add_argument("--generator", choices=GENERATORS, default="world",
                      help="who makes the records: the world's generator (ground truth), a VIGC model on "
                           "unlabelled images, or an OpenAI-compatible endpoint")
@@ -70,7 +73,7 @@ def run_engine_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget {args.budget} is smaller than the number of capabilities ({len(CAPABILITIES)}: "
                          f"{', '.join(CAPABILITIES)}); each needs at least one record per round")
     settings = EngineSettings(rounds=args.rounds, budget=args.budget, sampling=args.sampling, floor=args.floor,
-                              seed=args.seed)
+                              seed=args.seed, training=args.training)
     if args.probe_size < 1:
         raise ValueError(f"--probe-size must be at least 1, got {args.probe_size}")
     if args.model and not (Path(args.model) / "config.json").is_file():
