@@ -32,16 +32,28 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _run(name: str, command: list[str], out: Path) -> dict:
-    if (out / "engine.json").is_file():
-        command = command + ["--resume"]
-    print(f"== {name}: {' '.join(command)}", flush=True)
-    load_before, started = _load(), time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run([sys.executable, "-m", "crystalvlm.cli", *command], check=True, env=env)
-    return {"command": "crystalvlm " + " ".join(command), "wall_seconds": round(time.time() - started, 1),
-            "load_before": load_before, "load_after": _load(),
-            "summary": json.loads((out / "summary.json").read_text())}
+def _intervals(out: Path, rounds: int) -> list[dict]:
+    """Per round, each capability's (error rate, Wilson low, high) from the round's weakness profile."""
+    found = []
+    for index in range(rounds + 1):
+        profile = json.loads((out / f"round_{index}" / "weakness_profile.json").read_text())
+        found.append({name: [c["error_rate"], c["ci_low"], c["ci_high"]] for name, c in profile["capabilities"].items()})
+    return found
+
+
+def _run(name: str, command: list[str], out: Path, rounds: int) -> dict:
+    summary_path = out / "summary.json"
+    finished = summary_path.is_file() and len(json.loads(summary_path.read_text())["rounds"]) == rounds + 1
+    record = {"command": "crystalvlm " + " ".join(command), "wall_seconds": None, "load_before": None, "load_after": None}
+    if not finished:  # a finished run is kept as it is (its time was taken when it ran)
+        if (out / "engine.json").is_file():
+            command = command + ["--resume"]
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        load_before, started = _load(), time.time()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        subprocess.run([sys.executable, "-m", "crystalvlm.cli", *command], check=True, env=env)
+        record.update(wall_seconds=round(time.time() - started, 1), load_before=load_before, load_after=_load())
+    return {**record, "summary": json.loads(summary_path.read_text()), "error_rate_ci95": _intervals(out, rounds)}
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -95,12 +107,13 @@ def main() -> None:
     start = out / "adaptive" / "start" / "finetune" / "final"
     runs = {}
     adaptive = common + ["--rounds", str(args.rounds), "--budget", str(args.budget), "--out", str(out / "adaptive")]
-    runs["adaptive"] = _run("adaptive", adaptive + (["--world", args.world] if args.world else []), out / "adaptive")
+    runs["adaptive"] = _run("adaptive", adaptive + (["--world", args.world] if args.world else []), out / "adaptive",
+                            args.rounds)
     runs["uniform"] = _run("uniform", common + ["--rounds", str(args.rounds), "--budget", str(args.budget),
                                                 "--sampling", "uniform", "--model", str(start), "--out",
-                                                str(out / "uniform")], out / "uniform")
+                                                str(out / "uniform")], out / "uniform", args.rounds)
     runs["single"] = _run("single", common + ["--rounds", "1", "--budget", str(args.rounds * args.budget),
-                                              "--model", str(start), "--out", str(out / "single")], out / "single")
+                                              "--model", str(start), "--out", str(out / "single")], out / "single", 1)
     import torch
     import transformers
 
@@ -112,7 +125,7 @@ def main() -> None:
     _plot(results, Path(args.plot))
     for name, run in runs.items():
         final = run["summary"]["rounds"][-1]
-        print(f"{name:<9} {run['wall_seconds']:>7.0f} s  overall {final['overall']:.3f}  "
+        print(f"{name:<9} {run['wall_seconds'] or 0:>7.0f} s  overall {final['overall']:.3f}  "
               + "  ".join(f"{k} {v:.3f}" for k, v in final["scores"].items()))
 
 

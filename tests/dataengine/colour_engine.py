@@ -69,7 +69,8 @@ def main(argv: list[str]) -> None:
     stage = StageConfig(name="finetune", template="vicuna_v1", data=[], tunable=["projector", "llm"],
                         lr={"projector": 5e-3, "llm": 5e-3}, epochs=1, batch_size=4, max_length=256)
     engine = DataEngine(out, EngineSettings(rounds=rounds, budget=4), checkpoint, ColourProbe(images),
-                        ColourSource(images), StageFinetuner(stage, progress=False), progress=False)
+                        ColourSource(images), StageFinetuner(stage, progress=False), progress=False,
+                        reports=False)  # the HTML pages are tested in test_analysis.py
     engine.run(resume="--resume" in argv)
 
 

@@ -133,7 +133,7 @@ class DataEngine:
     """One engine run in `out` (module docstring)."""
 
     def __init__(self, out: Path, settings: EngineSettings, start: Path, evaluator: CapabilityEvaluator,
-                 source: RecordSource, finetuner: Finetuner, progress: bool = True) -> None:
+                 source: RecordSource, finetuner: Finetuner, progress: bool = True, reports: bool = True) -> None:
         self.out = Path(out)
         self.settings = settings
         self.start = Path(start)
@@ -141,6 +141,7 @@ class DataEngine:
         self.source = source
         self.finetuner = finetuner
         self.progress = progress
+        self.reports = reports  # the HTML pages (analysis.html, report.html); the JSON files are always written
         capabilities = list(evaluator.capabilities)
         if settings.budget < len(capabilities):
             raise ValueError(f"--budget {settings.budget} is smaller than the number of capabilities "
@@ -186,7 +187,10 @@ class DataEngine:
         outcomes = self.evaluator.evaluate(checkpoint, folder / "eval")
         profile = analyse(outcomes)
         overall, scores = capability_scores(outcomes, self.capabilities)
-        write_analysis(folder, profile, title=f"Data engine round {index}: bad cases")
+        if self.reports:
+            write_analysis(folder, profile, title=f"Data engine round {index}: bad cases")
+        else:
+            _write_json(folder / "weakness_profile.json", profile)
         result = {"overall": overall, "scores": scores, "checkpoint": str(checkpoint)}
         _write_json(done, result)  # last: its presence means the round is complete
         return result
@@ -274,7 +278,8 @@ class DataEngine:
             index += 1
         summary = {"rounds": rounds}
         _write_json(self.out / SUMMARY_FILE, summary)
-        write_summary_report(self.out, summary)
+        if self.reports:
+            write_summary_report(self.out, summary)
         return summary
 
 

@@ -10,15 +10,17 @@ split, a question type). Each sample's score in [0, 1] comes from the task's own
      "ranking": [CAPABILITY, ...],            # highest error rate first
      "worst_examples": {CAPABILITY: [{"sample_id", "prompt", "response", "target", "image", "score"}, ...]}}
 
-Intervals are Wilson score intervals (scipy's `binomtest(...).proportion_ci(method="wilson")`): unlike
-the normal approximation they stay inside [0, 1] and mean something for small groups and for error
-rates near 0 or 1, which is where the interesting capabilities are. A fractional score (TextVQA's VQA
-accuracy) counts `1 - score` of an error; the interval rounds the error count to a whole number.
+Intervals are Wilson score intervals: unlike the normal approximation they stay inside [0, 1] and mean
+something for small groups and for error rates near 0 or 1, which is where the interesting
+capabilities are. A fractional score (TextVQA's VQA accuracy) counts `1 - score` of an error. The
+formula is written out (five lines) because scipy's `binomtest(...).proportion_ci(method="wilson")`
+takes whole counts only, and fractional error counts are what TextVQA gives.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -42,13 +44,15 @@ class Outcome:
 
 def wilson_interval(errors: float, samples: int, confidence: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval of an error rate `errors / samples`; (0, 1) when nothing was counted."""
-    from scipy.stats import binomtest
+    from statistics import NormalDist
 
     if samples <= 0:
         return 0.0, 1.0
-    count = min(samples, max(0, int(round(errors))))
-    interval = binomtest(count, samples).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    rate = min(1.0, max(0.0, errors / samples))
+    centre = (rate + z * z / (2 * samples)) / (1 + z * z / samples)
+    half = z / (1 + z * z / samples) * math.sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def analyse(outcomes: Iterable[Outcome], worst: int = 5, confidence: float = 0.95) -> dict:
