@@ -10,6 +10,7 @@ from crystalvlm.dataengine.vigc import JunkOutput, VigcItem, _request, correct_a
 
 def test_parse_pair_reads_the_format_and_names_what_is_wrong():
     assert parse_pair("Question: How many stars are there? Answer: 2") == ("How many stars are there?", "2")
+    assert parse_pair(" QuQuestion: Is there a star? Answer: No") == ("Is there a star?", "No")  # a stutter first
     for text, reason in [("There are two stars.", "no 'Question"), ("Question: stars Answer: 2", "question mark"),
                          ("Question: a? Answer: b Question: c? Answer: d", "more than one")]:
         with pytest.raises(JunkOutput, match=reason):

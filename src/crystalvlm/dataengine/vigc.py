@@ -27,7 +27,8 @@ from crystalvlm.data.templates import IMAGE_PLACEHOLDER, Turn
 from crystalvlm.infer.engine import DecodingConfig, GenerationEngine, GenerationRequest
 
 VIG_PROMPT = "Generate a {question_type} question about the image and answer it."
-_PAIR = re.compile(r"^\s*Question:\s*(?P<question>.+?)\s*Answer:\s*(?P<answer>.+?)\s*$", re.DOTALL)
+# Searched, not matched at the start: a small model may stutter before the pair (" QuQuestion: ...").
+_PAIR = re.compile(r"Question:\s*(?P<question>.+?)\s*Answer:\s*(?P<answer>.+?)\s*$", re.DOTALL)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -45,7 +46,7 @@ class JunkOutput(ValueError):
 
 
 def parse_pair(text: str) -> tuple[str, str]:
-    match = _PAIR.match(text)
+    match = _PAIR.search(text)
     if match is None:
         raise JunkOutput("no 'Question: ... Answer: ...' in the output")
     question, answer = match["question"].strip(), match["answer"].strip()
