@@ -94,8 +94,10 @@ def _load(path: Path):
 def generate_pairs(engine: GenerationEngine, images: list[Path], question_type: str, seed: int = 0,
                    temperature: float = 0.7, max_new_tokens: int = 64, progress: bool = False) -> VigcBatch:
     """One question of `question_type` and its answer per image (sampled, seeded); junk dropped with reasons."""
-    requests = [GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{vig_prompt(question_type)}")], [_load(path)])
-                for path in images]
+    # Each request its own random stream: with one shared seed, similar images got the same question.
+    requests = [GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{vig_prompt(question_type)}")], [_load(path)],
+                                  seed=seed * 100_003 + index)
+                for index, path in enumerate(images)]
     config = DecodingConfig(strategy="sample", temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
     results = engine.generate(requests, config, progress=progress)
     items, dropped = [], []

@@ -58,6 +58,7 @@ class GenerationRequest:
     # The answer starts with this text and the model continues it (the result holds the continuation
     # only): VIGC's correction regenerates an answer's continuation after the part kept so far.
     answer_prefix: str = ""
+    seed: int | None = None  # sampling: this request's own seed instead of the config's (distinct streams in one batch)
 
 
 @dataclass
@@ -140,7 +141,8 @@ class GenerationEngine:
             RowControl(
                 listener=listeners[index],
                 cancelled=request.cancel.is_set if request.cancel is not None else None,
-                generator=request_generator(config.seed, self.device) if strategy.samples else None,
+                generator=(request_generator(request.seed if request.seed is not None else config.seed, self.device)
+                           if strategy.samples else None),
                 stop_rule=self.stop_rule.with_extra(request.stop_strings),
             )
             for index, request in enumerate(requests)
