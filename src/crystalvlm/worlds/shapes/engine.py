@@ -98,7 +98,7 @@ def probe_items(per_capability: int, seed: int = 0, image_size: int = IMAGE_SIZE
 class ShapesProbe:
     """The engine's evaluator in the world (eval-side interface of dataengine.loop)."""
 
-    def __init__(self, per_capability: int = 60, seed: int = 0, image_size: int = IMAGE_SIZE, batch_size: int = 32,
+    def __init__(self, per_capability: int = 200, seed: int = 0, image_size: int = IMAGE_SIZE, batch_size: int = 32,
                  max_new_tokens: int = 8, progress: bool = True) -> None:
         self.capabilities = list(CAPABILITIES)
         self.items = probe_items(per_capability, seed, image_size)
