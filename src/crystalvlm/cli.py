@@ -152,6 +152,9 @@ def _add_data(sub) -> None:
     shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
+    from crystalvlm.dataengine.commands import add_vigc_subcommand
+
+    add_vigc_subcommand(data)
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -224,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     from crystalvlm.infer.commands import add_infer_subcommands
     from crystalvlm.web2code.commands import add_web2code_subcommands
 
-    for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands):
+    from crystalvlm.worlds.engine_command import add_engine_subcommands
+
+    for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands, add_engine_subcommands):
         register(sub)
     from crystalvlm.models.convert_command import add_convert_subcommand
 
