@@ -199,7 +199,8 @@ def pii_detection(records: list[dict], truth: dict[int, str]) -> dict:
 
     flagged = {r["id"] for r in records if find_pii(r["text"])}
     # planted: the lines given an address or number, and the copies injected of them
-    planted = {r["id"] for r in records if ".example.com for the full set" in r["text"] or "Questions? Call +1" in r["text"]}
+    # (case and spacing may have been changed by a near-copy edit)
+    planted = {r["id"] for r in records if "@mail" in r["text"].lower() or "call +1" in r["text"].lower()}
     return {"planted": len(planted), "flagged": len(flagged), "recall": round(len(flagged & planted) / len(planted), 4),
             "precision": round(len(flagged & planted) / len(flagged), 4) if flagged else None,
             "false_flags_examples": [records[i]["text"][:120] for i in sorted(flagged - planted)[:3]]}
