@@ -170,3 +170,9 @@ def test_key_index_keeps_first_lines_and_rolls_back(tmp_path):
     assert index.first("band", [9]) is None and index.first("exact", [7]) is None and index.first("band", [big]) == 3
     index.close(delete=True)
     assert not (tmp_path / "index.sqlite").exists()
+
+
+def test_mean_word_length_threshold_is_an_option():
+    short_words = "a red cat and a big dog sit on a mat"
+    assert CleanStep(CleanSettings()).features(short_words).reason == "quality: below_avg_threshold"
+    assert CleanStep(CleanSettings(min_mean_word_length=0)).features(short_words).reason is None

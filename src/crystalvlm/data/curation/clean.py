@@ -65,6 +65,7 @@ class CleanSettings:
     min_words: int = 3  # Gopher's 50 suits web pages; captions and chat lines are shorter
     max_words: int = 100_000
     min_stop_words: int = 0  # Gopher asks for 2 English stop words; short captions often have none
+    min_mean_word_length: float = 3.0  # Gopher's; captions of short words ("a red cat") fall below it
     languages: tuple[str, ...] = ()  # e.g. ("en",); empty: no language filter
     pii: str = "report"
     exact: bool = True
@@ -200,7 +201,7 @@ class CleanStep(StreamStep):
             if "gopher-quality" in s.filters:
                 built.append(("quality", GopherQualityFilter(
                     min_doc_words=s.min_words or None, max_doc_words=s.max_words, min_stop_words=s.min_stop_words or None,
-                    language=tokenizer)))
+                    min_avg_word_length=s.min_mean_word_length or None, language=tokenizer)))
             if "gopher-repetition" in s.filters:
                 built.append(("repetition", GopherRepetitionFilter(language=tokenizer)))
             self._filters = built
