@@ -207,6 +207,12 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADir
                PermissionError)
 
 
+def _chat_template_for(name: str) -> str:
+    from crystalvlm.data.templates import get_template
+
+    return get_template(name).chat_template_jinja()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crystalvlm import __version__
 
@@ -223,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands):
         register(sub)
+    from crystalvlm.models.convert_command import add_convert_subcommand
+
+    add_convert_subcommand(sub, _chat_template_for)
     _use_help_formatter(parser)
     return parser
 
