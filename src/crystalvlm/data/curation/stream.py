@@ -17,7 +17,8 @@ A step has two halves so that the same code runs on one core or many:
 - `decide(lines, records, prepared)`: runs in the main process in input order and may keep
   state (seen hashes, concept counts). What it must remember across a kill it hands to the runner
   as journal entries (`take_journal`), which are committed with the outputs and given back to
-  `restore` on resume.
+  `restore` on resume. A step whose state is too large for a journal keeps it in a file of its own
+  (`open` tells it where the outputs go and whether the run resumes; `clean`'s SQLite index).
 
 Resume: every `commit_every` records the runner flushes and fsyncs both outputs and the journal,
 then atomically replaces OUT.resume.json (input byte offset, line number, output sizes, counts).
