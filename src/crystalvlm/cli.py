@@ -153,8 +153,10 @@ def _add_data(sub) -> None:
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
     from crystalvlm.dataengine.commands import add_vigc_subcommand
+    from crystalvlm.data.curation.commands import add_curation_subcommands
 
     add_vigc_subcommand(data)
+    add_curation_subcommands(data)  # clean, balance
 
 
 # ----------------------------------------------------------------------------- quickstart
