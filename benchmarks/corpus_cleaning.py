@@ -199,7 +199,8 @@ def pii_detection(records: list[dict], truth: dict[int, str]) -> dict:
 
     flagged = {r["id"] for r in records if find_pii(r["text"])}
     # planted: the lines given an address or number, and the copies injected of them
-    planted = {r["id"] for r in records if ".example.com for the full set" in r["text"] or "Questions? Call +1" in r["text"]}
+    # (case and spacing may have been changed by a near-copy edit)
+    planted = {r["id"] for r in records if "@mail" in r["text"].lower() or "call +1" in r["text"].lower()}
     return {"planted": len(planted), "flagged": len(flagged), "recall": round(len(flagged & planted) / len(planted), 4),
             "precision": round(len(flagged & planted) / len(flagged), 4) if flagged else None,
             "false_flags_examples": [records[i]["text"][:120] for i in sorted(flagged - planted)[:3]]}
@@ -302,6 +303,7 @@ def main() -> None:
         "--languages en --near-threshold 0.7 --shingle 2": ["--languages", "en", "--near-threshold", "0.7",
                                                             "--shingle", "2"],
         "no filters, dedup only": ["--filters", ""],
+        "--languages en --no-near": ["--languages", "en", "--no-near"],
     }
     removal = {}
     for name, extra in settings.items():
@@ -322,9 +324,10 @@ def main() -> None:
         "pii_detection": pii_detection(records, truth),
     }
     if not args.skip_lm:
-        chosen = "default + --languages en"
-        cleaned_path = out / f"clean-{list(settings).index(chosen)}.jsonl"
-        cleaned = [json.loads(line)["text"] for line in cleaned_path.read_text().splitlines()]
+        def kept_texts(name: str) -> list[str]:
+            path = out / f"clean-{list(settings).index(name)}.jsonl"
+            return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
         raw = [r["text"] for r in records]
         tokenizer_dir = world / "parts" / "tokenizer"
         if not tokenizer_dir.exists():
@@ -333,11 +336,14 @@ def main() -> None:
             tokenizer_dir = out / "tokenizer"
             train_tiny_tokenizer(train_lines, tokenizer_dir, vocab_size=1024)
         lm = {}
-        for name, texts in (("raw", raw), ("cleaned", cleaned), ("clean world lines (no dirt)", train_lines)):
+        variants = (("raw", raw), ("cleaned (--languages en)", kept_texts("default + --languages en")),
+                    ("cleaned without near-dedup (--languages en --no-near)", kept_texts("--languages en --no-near")),
+                    ("clean world lines (no dirt)", train_lines))
+        for name, texts in variants:
             lm[name] = train_and_probe(texts, held_out, tokenizer_dir, out / f"lm-{len(lm)}", args.lm_steps,
                                        args.seed, args.probe_items)
             print(name, json.dumps(lm[name]))
-        results["tiny_lm"] = {"cleaning": chosen, "tokenizer": str(tokenizer_dir), **lm}
+        results["tiny_lm"] = {"tokenizer": str(tokenizer_dir), **lm}
     results["machine"]["load_average_end"] = os.getloadavg()
     Path(args.results).write_text(json.dumps(results, indent=1) + "\n")
     print(f"-> {args.results}")

@@ -385,9 +385,9 @@ def benchmark_trainer(device: torch.device, tunable: tuple[str, ...], record: Bu
     build_llava = trainer_module.build_llava
     save_checkpoint = trainer_module.save_checkpoint
 
-    def build_on_device(spec, chat_template=None):
+    def build_on_device(spec, chat_template=None, image_mode=None):
         with torch.device(device):
-            model, processor = build_llava(spec, chat_template=chat_template)
+            model, processor = build_llava(spec, chat_template=chat_template, image_mode=image_mode)
         record.flops = FlopModel.of(model, tunable)
         record.parameters = {part: counts.parameters for part, counts in FreezeSummary.of(model, "", "no", {}).parts.items()}
         record.dtype = str(model.dtype)

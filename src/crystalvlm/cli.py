@@ -153,8 +153,10 @@ def _add_data(sub) -> None:
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
     from crystalvlm.data.curation.commands import add_curation_subcommands
-    from crystalvlm.dataengine.commands import add_data_subcommands
+    from crystalvlm.dataengine.commands import add_vigc_subcommand
+    from crystalvlm.dataengine.curation_commands import add_data_subcommands
 
+    add_vigc_subcommand(data)
     add_curation_subcommands(data)  # clean, balance
     add_data_subcommands(data)  # parrot, caption
 
@@ -209,6 +211,12 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADir
                PermissionError)
 
 
+def _chat_template_for(name: str) -> str:
+    from crystalvlm.data.templates import get_template
+
+    return get_template(name).chat_template_jinja()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crystalvlm import __version__
 
@@ -223,8 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     from crystalvlm.infer.commands import add_infer_subcommands
     from crystalvlm.web2code.commands import add_web2code_subcommands
 
-    for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands):
+    from crystalvlm.worlds.engine_command import add_engine_subcommands
+
+    for register in (add_eval_subcommands, add_infer_subcommands, add_web2code_subcommands, add_engine_subcommands):
         register(sub)
+    from crystalvlm.models.convert_command import add_convert_subcommand
+
+    add_convert_subcommand(sub, _chat_template_for)
     _use_help_formatter(parser)
     return parser
 

@@ -58,6 +58,7 @@ def test_ground_truth_spotted_text_removes_parrots_and_reports_bad_records(tmp_p
         (1, "parrot caption"), (4, "broken JSON"), (5, "empty caption"), (6, "missing spotted text")]
     assert removed[0]["co_emb_text_rate"] == 1.0 and removed[0]["record"]["caption"] == "CAT"
     assert summary["kept"] == 2 and summary["removed"] == 4
+    assert "parrot caption" in (tmp_path / "kept.jsonl.report.html").read_text()
     assert summary["parrot"]["scored"] == 3 and summary["parrot"]["parrot_captions"] == 1
 
 

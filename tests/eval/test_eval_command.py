@@ -70,9 +70,10 @@ def test_cli_scores_equal_evaluate_in_process(tiny_checkpoint, shapes_world, tmp
     cli_out = tmp_path / "cli"
     code = main(["eval", str(tiny_checkpoint), "--tasks", "pope_adversarial,mme,textvqa",
                  "--benchmarks", str(shapes_world / "benchmarks"), "--image-folder", str(shapes_world / "images" / "eval"),
-                 "--limit", "6", "--max-new-tokens", "6", "--batch-size", "4", "--out", str(cli_out), "--quiet"])
+                 "--limit", "6", "--max-new-tokens", "6", "--batch-size", "4", "--out", str(cli_out), "--quiet",
+                 "--analyse"])
     assert code == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
 
     tasks = []
     for name in ("pope_adversarial", "mme", "textvqa"):
@@ -87,6 +88,17 @@ def test_cli_scores_equal_evaluate_in_process(tiny_checkpoint, shapes_world, tmp
     for name in ("pope_adversarial", "mme", "textvqa"):
         # Same prompts, images, targets and generated text, sample for sample.
         assert read_jsonl(cli_out / f"samples_{name}.jsonl") == read_jsonl(direct_out / f"samples_{name}.jsonl")
+
+    # --analyse: the weakness profile agrees with the task's own metric, sample for sample.
+    profile = json.loads((cli_out / "weakness_profile.json").read_text())
+    judged = sum(len(read_jsonl(cli_out / f"samples_{name}.jsonl")) for name in ("pope_adversarial", "mme", "textvqa"))
+    assert profile["samples"] == judged and (cli_out / "analysis.html").is_file()
+    assert "weakness profile:" in printed
+    pope = [entry for capability, entry in profile["capabilities"].items() if "pope" in capability]
+    assert sum(entry["samples"] for entry in pope) == 6
+    pope_errors = sum(entry["errors"] for entry in pope)
+    assert pope_errors == pytest.approx(6 * (1 - direct["pope_adversarial"]["accuracy"]))
+    assert profile["ranking"] == sorted(profile["capabilities"], key=lambda c: -profile["capabilities"][c]["error_rate"])
 
 
 def test_decoding_string_budget_is_the_task_budget(tiny_checkpoint, shapes_world, tmp_path, capsys):

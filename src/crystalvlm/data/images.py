@@ -142,6 +142,10 @@ def preprocess(images: list[Image.Image], image_processor, mode: str):
     """(N, 3, S, S) float pixel values for the vision tower."""
     if mode not in IMAGE_MODES:
         raise ValueError(f"unknown image preprocessing {mode!r}; choose one of {IMAGE_MODES}")
+    if mode == "pad" and getattr(image_processor, "do_pad", False):
+        # The processor pads itself (LlavaImageProcessor's do_pad: LLaVA's expand2square with the
+        # mean colour), exactly as plain transformers, vLLM and lmms-eval run it on the checkpoint.
+        return image_processor(images=images, return_tensors="pt")["pixel_values"]
     side = processor_side(image_processor)
     if mode == "pad":
         fill = mean_colour(image_processor)

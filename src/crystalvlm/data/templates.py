@@ -241,6 +241,21 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+# CrystalChat (LLM360), as its instruction data was built: `<s><|sys_start|>SYSTEM<|sys_end|>`, then
+# per turn `<|im_start|>USER<|im_end|>ANSWER`, and `</s>` closing the conversation. Its own data
+# trains no end-of-turn token between turns (the next `<|im_start|>` is untrained) and ends only the
+# last answer with `</s>`; here every answer ends with a trained `</s>` so each answer teaches the
+# model to stop (identical for single-turn records), and decoding also stops at `<|im_start|>`.
+CRYSTALCHAT_SYSTEM = ("You are a helpful and intelligent assistant. Follow the instructions and answer the "
+                      "questions as accurately as possible.")
+TEMPLATES["crystalchat"] = Template(
+    name="crystalchat", begin="<s>", system_format="<|sys_start|>{system}<|sys_end|>",
+    default_system=CRYSTALCHAT_SYSTEM, user_format="<|im_start|>{content}<|im_end|>",
+    assistant_format="{content}</s>", after_assistant="",
+    stop_strings=("</s>", "<|im_start|>"),
+    markers=("<s>", "</s>", "<|sys_start|>", "<|sys_end|>", "<|im_start|>", "<|im_end|>"),
+)
+
 def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]

@@ -114,6 +114,9 @@ def add_eval_subcommands(subparsers) -> None:
                         help="samples generated between cache writes (default: the runner's CHUNK, 64); "
                              "an interruption loses at most N")
     add_device_arguments(parser)
+    parser.add_argument("--analyse", action="store_true",
+                        help="also write the bad-case analysis: error rates per capability (subtask, split) with "
+                             "Wilson intervals, the worst examples, OUT/weakness_profile.json and OUT/analysis.html")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_eval)
 
@@ -281,4 +284,17 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"samples: {out / 'samples_<task>.jsonl'} (LLaVA-format answers: {out / 'answers_<task>.jsonl'})")
     print(f"lmms-eval layout: {lmms_eval_folder(out, name)}")
     print(f"report:  {report}")
+    if args.analyse:
+        from crystalvlm.eval.analysis import analyse_evaluation, write_analysis
+
+        profile, skipped = analyse_evaluation(out, tasks, scoring=args.scoring)
+        profile_path, analysis_page = write_analysis(out, profile)
+        print("\nerror rate per capability (95% Wilson interval), worst first:")
+        for capability in profile["ranking"]:
+            entry = profile["capabilities"][capability]
+            print(f"  {capability:<32} {entry['error_rate']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+                  f"  n={entry['samples']}")
+        if skipped:
+            print(f"not analysed (no per-sample score): {', '.join(skipped)}")
+        print(f"weakness profile: {profile_path}; analysis: {analysis_page}")
     return 0

@@ -55,6 +55,10 @@ class GenerationRequest:
     images: list[Image.Image] = field(default_factory=list)
     cancel: threading.Event | None = None  # set it to stop this request early (finish_reason "cancelled")
     stop_strings: tuple[str, ...] = ()  # extra stop strings besides the template's
+    # The answer starts with this text and the model continues it (the result holds the continuation
+    # only): VIGC's correction regenerates an answer's continuation after the part kept so far.
+    answer_prefix: str = ""
+    seed: int | None = None  # sampling: this request's own seed instead of the config's (distinct streams in one batch)
 
 
 @dataclass
@@ -105,6 +109,11 @@ class GenerationEngine:
     def prepare(self, request: GenerationRequest, max_new_tokens: int = 0) -> PreparedPrompt:
         """The model inputs of a request; RequestError when it cannot run (names the problem)."""
         prepared = self.prompts.build(request.turns, request.images)
+        if request.answer_prefix:
+            # Tokenised as training tokenises an answer: the template's text before the content, then the content.
+            lead = self.template.assistant_format.split("{content}")[0] if self.template else ""
+            extra = self.tokenizer(lead + request.answer_prefix, add_special_tokens=False)["input_ids"]
+            prepared = PreparedPrompt(prepared.input_ids + list(extra), prepared.pixel_values)
         if self.max_positions and prepared.length + max_new_tokens > self.max_positions:
             raise RequestError(
                 f"the prompt has {prepared.length} tokens (images expanded) and {max_new_tokens} new tokens were "
@@ -132,7 +141,8 @@ class GenerationEngine:
             RowControl(
                 listener=listeners[index],
                 cancelled=request.cancel.is_set if request.cancel is not None else None,
-                generator=request_generator(config.seed, self.device) if strategy.samples else None,
+                generator=(request_generator(request.seed if request.seed is not None else config.seed, self.device)
+                           if strategy.samples else None),
                 stop_rule=self.stop_rule.with_extra(request.stop_strings),
             )
             for index, request in enumerate(requests)

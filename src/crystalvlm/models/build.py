@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -31,8 +32,10 @@ from transformers import (
     PretrainedConfig,
     SiglipVisionConfig,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from crystalvlm.markers import IMAGE_TOKEN
+from crystalvlm.models.converters import crystalcoder
 
 PROJECTOR_ACTIVATION = {"mlp2x_gelu": "gelu", "linear": "linear"}
 VISION_CONFIG_CLASSES = {"clip_vision_model": CLIPVisionConfig, "siglip_vision_model": SiglipVisionConfig}
@@ -104,11 +107,22 @@ def _vision_config(part: PartSpec) -> PretrainedConfig:
 
 
 def _llm_config(part: PartSpec) -> PretrainedConfig:
+    """The LLM's config as a native transformers class: a remote-code LLM (trust_remote_code in the
+    recipe) is stated as the native class it folds onto exactly, so the composed Llava, its saved
+    text config and every later load need no remote code."""
     if part.config is not None:
         fields = dict(part.config)
         model_type = fields.pop("model_type", "llama")
         return AutoConfig.for_model(model_type, **fields)
-    return AutoConfig.from_pretrained(part.pretrained, **part.load_options)
+    config = AutoConfig.from_pretrained(part.pretrained, **part.load_options)
+    if crystalcoder.is_crystalcoder(config.to_dict()):
+        return crystalcoder.stablelm_config(config.to_dict())
+    if config.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"LLM {part.pretrained}: model_type {config.model_type!r} is remote code with no native transformers form; "
+            f"a Llava checkpoint must reload without its code, so crystalvlm composes remote-code LLMs it can fold "
+            f"onto a native class exactly (known: {crystalcoder.MODEL_TYPE} -> stablelm)")
+    return config
 
 
 def _load_vision_weights(model: LlavaForConditionalGeneration, part: PartSpec) -> None:
@@ -129,8 +143,13 @@ def _load_vision_weights(model: LlavaForConditionalGeneration, part: PartSpec) -
 
 
 def _load_llm_weights(model: LlavaForConditionalGeneration, part: PartSpec) -> None:
+    """Copy a pretrained causal LM into the Llava's decoder and head. The decoder is found as
+    transformers defines it (`base_model`: `.model` for Llama, `.transformer` for GPT-style code),
+    and a remote-code CrystalCoder is folded onto its native form first (equal logits)."""
     loaded = AutoModelForCausalLM.from_pretrained(part.pretrained, **part.load_options)
-    missing, _ = model.model.language_model.load_state_dict(loaded.model.state_dict(), strict=False)
+    if crystalcoder.is_crystalcoder(loaded.config.to_dict()):
+        loaded = crystalcoder.native_crystalcoder(loaded)
+    missing, _ = model.model.language_model.load_state_dict(loaded.base_model.state_dict(), strict=False)
     if missing:
         raise ValueError(f"LLM checkpoint {part.pretrained} lacks weights: {missing[:5]}...")
     model.lm_head.load_state_dict(loaded.get_output_embeddings().state_dict())
@@ -150,7 +169,10 @@ def image_token_count(vision_config: PretrainedConfig, strategy: str) -> int:
     return patches + extra - (1 if strategy == "default" else 0)
 
 
-def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, Any]) -> CLIPImageProcessor:
+def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, Any], image_mode: str | None = None):
+    """The processor saved with the model. For image_mode `pad` it is a LlavaImageProcessor with
+    `do_pad` (LLaVA's expand2square with the mean colour, then the resize), so plain transformers,
+    vLLM and lmms-eval reading the checkpoint see the pixels the model was trained on."""
     side = vision_config.image_size
     settings: dict[str, Any] = {
         "size": {"height": side, "width": side},
@@ -158,11 +180,17 @@ def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, 
         "crop_size": {"height": side, "width": side},
     }
     settings.update(overrides)
+    if image_mode == "pad":
+        from transformers import LlavaImageProcessor
+
+        return LlavaImageProcessor(**settings, do_pad=True)
     return CLIPImageProcessor(**settings)
 
 
-def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Compose the model and its processor. Pretrained parts have their weights loaded."""
+def build_llava(spec: ModelSpec, chat_template: str | None = None,
+                image_mode: str | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Compose the model and its processor. Pretrained parts have their weights loaded;
+    `image_mode` (the recipe's) decides what preprocessing the saved image processor carries."""
     if spec.projector not in PROJECTOR_ACTIVATION:
         raise ValueError(f"unknown projector {spec.projector!r}; known: {sorted(PROJECTOR_ACTIVATION)}")
     if spec.vision_feature_select_strategy not in FEATURE_SELECT:
@@ -182,6 +210,9 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[Llav
 
     vision_config = _vision_config(spec.vision)
     text_config = _llm_config(spec.llm)
+    if not text_config.architectures:
+        # Serving engines (vLLM) choose the LLM's class by it; a part built from a config has none.
+        text_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text_config.model_type]]
     image_tokens = image_token_count(vision_config, spec.vision_feature_select_strategy)
     config = LlavaConfig(
         vision_config=vision_config,
@@ -204,7 +235,7 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None) -> tuple[Llav
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    image_processor = build_image_processor(vision_config, spec.image_processor)
+    image_processor = build_image_processor(vision_config, spec.image_processor, image_mode)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

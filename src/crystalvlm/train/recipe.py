@@ -77,6 +77,8 @@ class StageConfig:
     save_every: int | None = None
     log_every: int = 1
     lora: LoraSettings | None = None  # None: every tunable part trains fully
+    save_dtype: str = "auto"  # the final checkpoint's dtype; auto: the training (compute) dtype
+    memory_check: bool = True  # refuse a launch whose estimated memory per GPU exceeds the GPU's
 
     def __post_init__(self) -> None:
         unknown = set(self.tunable) - set(PARTS)
@@ -88,6 +90,8 @@ class StageConfig:
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"stage {self.name!r}: precision must be auto, bf16, fp16 or fp32")
         self.lr = {part: float(value) for part, value in self.lr.items()}
+        if self.save_dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"stage {self.name!r}: save_dtype must be auto, bf16, fp16 or fp32")
         if isinstance(self.lora, dict):
             unknown = set(self.lora) - {f.name for f in fields(LoraSettings)}
             if unknown:

@@ -40,6 +40,14 @@ def stage_accelerator(stage: StageConfig, log_with: list[str], project_dir: str)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") != precision:
         AcceleratorState._reset_state(reset_partial_state=False)
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if PartialState().distributed_type == DistributedType.DEEPSPEED and stage.grad_accum > 1:
+        # DeepSpeed accumulates (and rescales the loss) itself, which the trainer's exact per-token
+        # normalisation over the global batch does not expect.
+        raise ValueError(f"stage {stage.name!r}: grad_accum {stage.grad_accum} under DeepSpeed; set grad_accum: 1 "
+                         "(raise batch_size or the GPU count), or launch with configs/accelerate/fsdp.yaml")
     ddp = DistributedDataParallelKwargs(find_unused_parameters=needs_unused_parameter_search(stage))
     # cpu=True lets accelerate see a torchrun launch on a machine without GPUs (gloo backend).
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, kwargs_handlers=[ddp],

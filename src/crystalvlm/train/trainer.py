@@ -12,7 +12,9 @@ A stage runs as named steps, each a function below, in this order:
     build_or_load the recipe's model, or the previous stage's checkpoint
     adapters      LoRA / QLoRA / Partial LoRA on the stage's `lora.parts`, if it has `lora` (adapters)
     check_data    every record checked before any step; bad ones reported
-    freeze        the stage's freeze policy; what trains is written and printed
+    freeze        the stage's freeze policy; what trains is written and printed; frozen parts
+                  stored in the compute dtype
+    memory        estimated memory per GPU for this launch, printed; refused if it cannot fit
     anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
     plan_steps    batches per epoch, total and warm-up steps
     optimise      AdamW over the trained parts, cosine schedule
@@ -48,13 +50,17 @@ from crystalvlm.models.build import ModelSpec, build_llava
 from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
-from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy
+from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
+from crystalvlm.train.memory_estimate import check_stage_memory
 from crystalvlm.train.provenance import write_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
 from crystalvlm.train.stage_accelerator import stage_accelerator
 from crystalvlm.train.tracking import step_metrics, tracker_config, tracker_init_kwargs
+
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # accelerate's mixed precision -> dtype
 
 
 class BadDataError(RuntimeError):
@@ -156,7 +162,8 @@ def build_or_load(run: StageRun, init_from: Path | None):
     template = get_template(run.stage.template)
     set_seed(run.recipe.seed)
     if init_from is None:
-        model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja())
+        model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja(),
+                                       image_mode=run.recipe.image_mode)
     else:
         model, processor, _ = load_checkpoint(init_from)
         processor.chat_template = template.chat_template_jinja()
@@ -219,6 +226,9 @@ def freeze(run: StageRun, model) -> list[dict]:
     groups = apply_stage_policy(model, stage.tunable, stage.lr, stage.weight_decay)
     if run.adapters is not None:
         groups = run.adapters.restrict(groups)
+    compute_dtype = COMPUTE_DTYPES.get(run.accelerator.mixed_precision)
+    if compute_dtype is not None and run.accelerator.distributed_type != DistributedType.FSDP:
+        store_frozen_parts(model, stage.tunable, compute_dtype)
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     summary = FreezeSummary.of(model, stage.name, run.accelerator.mixed_precision, stage.lr)
@@ -330,7 +340,10 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
                 # DDP averages gradients over ranks, hence the factor `world`.
                 accelerator.backward(loss_sum * world / max(global_tokens, 1))
             step_loss += loss_sum.detach()
-        grad_norm = accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], stage.max_grad_norm)
+        # The optimizer's own groups: FSDP swaps in its sharded parameters when it wraps the model.
+        grad_norm = accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                stage.max_grad_norm)
+        grad_norm = float("nan") if grad_norm is None else grad_norm  # DeepSpeed reports it after its step
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -373,10 +386,28 @@ def save(run: StageRun, model, processor) -> Path:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.config.use_cache = True
+        state = _in_save_dtype(run, unwrapped, state)
         # `state` is the full state dict gathered from every rank (FSDP shards it otherwise).
         save_checkpoint(unwrapped, processor, final, _checkpoint_info(run), state_dict=state)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_dtype(run: StageRun) -> torch.dtype:
+    """The final checkpoint's dtype: the stage's `save_dtype`, by default the training dtype (bf16
+    under bf16 mixed precision: a 7B checkpoint of 14 GB, not 28)."""
+    if run.stage.save_dtype != "auto":
+        return {"fp32": torch.float32, **COMPUTE_DTYPES}[run.stage.save_dtype]
+    return COMPUTE_DTYPES.get(run.accelerator.mixed_precision, torch.float32)
+
+
+def _in_save_dtype(run: StageRun, model, state: dict) -> dict:
+    dtype = save_dtype(run)
+    model.config.dtype = dtype  # config.json states what the weights are
+    for sub_config in (model.config.get_text_config(), getattr(model.config, "vision_config", None)):
+        if sub_config is not None:
+            sub_config.dtype = dtype
+    return {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
 
 
 # ----------------------------------------------------------------------------- a stage, a recipe
@@ -389,6 +420,7 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     model = adapters(run, model, processor, init_from)
     dataset, problems = check_data(run, model, processor)
     groups = freeze(run, model)
+    check_stage_memory(run, model)  # printed; a launch that cannot fit stops here, before any GPU work
     anchor = keep_image_path_in_graph(model)  # text-only micro-batches still reach the trained image path
     plan = plan_steps(run, dataset)
     optimizer, scheduler = optimise(groups, plan)

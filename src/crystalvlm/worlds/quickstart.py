@@ -101,7 +101,8 @@ def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: 
             # training starts from, and a rerun after a kill composes it again bit for bit.
             set_seed(recipe.seed)
             model, processor = build_llava(ModelSpec.from_dict(recipe.model),
-                                           chat_template=get_template(template).chat_template_jinja())
+                                           chat_template=get_template(template).chat_template_jinja(),
+                                           image_mode=recipe.image_mode)
             save_checkpoint(model, processor, initial, CheckpointInfo(template=template, image_mode=recipe.image_mode,
                                                                        stage="initial", recipe=recipe.name))
         engine = GenerationEngine.from_checkpoint(initial, batch_size=batch_size)

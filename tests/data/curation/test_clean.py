@@ -153,3 +153,26 @@ def test_cli_errors(tmp_path, capsys):
     assert "--near-threshold" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "clean", str(source)])  # --out is required
+
+
+def test_key_index_keeps_first_lines_and_rolls_back(tmp_path):
+    from crystalvlm.data.curation.key_index import KeyIndex
+
+    index = KeyIndex(tmp_path / "index.sqlite")
+    big = (1 << 64) - 5  # unsigned 64-bit keys beyond SQLite's signed range
+    index.add("band", [7, big], 3)
+    index.add("band", [big, 9], 8)  # `big` keeps its first line
+    index.add("exact", [7], 12)  # tables are apart
+    index.commit()
+    assert index.first("band", [big]) == 3 and index.first("band", [9]) == 8 and index.first("band", [1]) is None
+    assert index.first("band", [9, 7]) == 3 and index.first("exact", [7]) == 12
+    index.rollback_after(5)  # a killed run's lines after its last commit are forgotten
+    assert index.first("band", [9]) is None and index.first("exact", [7]) is None and index.first("band", [big]) == 3
+    index.close(delete=True)
+    assert not (tmp_path / "index.sqlite").exists()
+
+
+def test_mean_word_length_threshold_is_an_option():
+    short_words = "a red cat and a big dog sit on a mat"
+    assert CleanStep(CleanSettings()).features(short_words).reason == "quality: below_avg_threshold"
+    assert CleanStep(CleanSettings(min_mean_word_length=0)).features(short_words).reason is None

@@ -20,9 +20,8 @@ pii="remove" removes records that hold any, and pii="scrub" is the one opt-in ex
 "kept records unchanged": the text field of a kept record is rewritten with placeholders.
 
 Steps 1-4 and the MinHash signatures are per-record work (`prepare`, parallel across workers);
-5-6 keep an index of what was seen (`decide`, in input order, journalled for resume). The index
-holds one exact key and `bands` band keys per kept record (about 1 KB per record in CPython dicts);
-everything else runs in constant memory.
+5-6 keep an index of what was seen (`decide`, in input order), in SQLite beside the outputs
+(`key_index.KeyIndex`: OUT.index.sqlite, deleted when the run completes), so memory stays flat.
 """
 
 from __future__ import annotations
@@ -32,8 +31,10 @@ import ipaddress
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from crystalvlm.data.curation.key_index import KeyIndex
 from crystalvlm.data.curation.stream import KEEP, StreamStep, Verdict
 
 WORD = re.compile(r"\w+(?:['’]\w+)*")
@@ -64,6 +65,7 @@ class CleanSettings:
     min_words: int = 3  # Gopher's 50 suits web pages; captions and chat lines are shorter
     max_words: int = 100_000
     min_stop_words: int = 0  # Gopher asks for 2 English stop words; short captions often have none
+    min_mean_word_length: float = 3.0  # Gopher's; captions of short words ("a red cat") fall below it
     languages: tuple[str, ...] = ()  # e.g. ("en",); empty: no language filter
     pii: str = "report"
     exact: bool = True
@@ -175,9 +177,9 @@ class CleanStep(StreamStep):
         self._language = None
         self._minhash = None
         self.bands, self.rows = _lsh_shape(settings.near_threshold, settings.num_perm)
-        self.exact_first: dict[int, int] = {}
-        self.band_first: dict[int, int] = {}
-        self.journal: list = []
+        self.index: KeyIndex | None = None  # opened by `open` beside the outputs
+        self.index_entries = 0
+        self.last_line = 0
         self.counters = _Counters()
         if settings.languages and _language_identifier() is None:
             self.notes.append("language filter skipped: py3langid is not installed (pip install py3langid; "
@@ -185,7 +187,7 @@ class CleanStep(StreamStep):
 
     def __getstate__(self):  # workers rebuild the filters themselves
         state = dict(self.__dict__)
-        state.update(_filters=None, _language=None, _minhash=None)
+        state.update(_filters=None, _language=None, _minhash=None, index=None)
         return state
 
     # ---------------------------------------------------------------- per record (parallel)
@@ -199,7 +201,7 @@ class CleanStep(StreamStep):
             if "gopher-quality" in s.filters:
                 built.append(("quality", GopherQualityFilter(
                     min_doc_words=s.min_words or None, max_doc_words=s.max_words, min_stop_words=s.min_stop_words or None,
-                    language=tokenizer)))
+                    min_avg_word_length=s.min_mean_word_length or None, language=tokenizer)))
             if "gopher-repetition" in s.filters:
                 built.append(("repetition", GopherRepetitionFilter(language=tokenizer)))
             self._filters = built
@@ -255,18 +257,38 @@ class CleanStep(StreamStep):
         return RecordFeatures(**encoded)
 
     # ---------------------------------------------------------------- in input order (stateful)
+    def open(self, out_path: Path, resuming: bool) -> None:
+        path = Path(out_path).with_name(Path(out_path).name + ".index.sqlite")
+        if not resuming:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        self.index = KeyIndex(path)
+
+    def close(self, complete: bool) -> None:
+        if self.index is not None:
+            self.index_entries = self.index.size()
+            self.index.close(delete=complete)
+            self.index = None
+
     def decide(self, lines: list[int], records: list[dict], prepared: list[Any]) -> list[Verdict]:
+        if self.index is None:  # used outside run_stream: an index in memory
+            self.index = KeyIndex(None)
         verdicts = []
         for line, record, features in zip(lines, records, prepared):
+            self.last_line = line
             if features.reason is not None:
                 verdicts.append(Verdict(features.reason, features.detail))
                 continue
-            if features.exact_key is not None and features.exact_key in self.exact_first:
-                verdicts.append(Verdict("exact duplicate", {"duplicate_of": self.exact_first[features.exact_key]}))
+            exact = [features.exact_key] if features.exact_key is not None else []
+            first = self.index.first("exact", exact)
+            if first is not None:
+                verdicts.append(Verdict("exact duplicate", {"duplicate_of": first}))
                 continue
-            match = next((self.band_first[key] for key in features.band_keys or () if key in self.band_first), None)
+            bands = features.band_keys or []
+            match = self.index.first("band", bands)
             # a removed near duplicate still joins the index, so a chain a~b~c is one group whose first is kept
-            self._remember(line, features)
+            self.index.add("exact", exact, line)
+            self.index.add("band", bands, line)
             if match is not None:
                 verdicts.append(Verdict("near duplicate", {"duplicate_of": match}))
                 continue
@@ -280,33 +302,19 @@ class CleanStep(StreamStep):
                 verdicts.append(KEEP)
         return verdicts
 
-    def _remember(self, line: int, features: RecordFeatures) -> None:
-        exact = features.exact_key
-        if exact is not None:
-            self.exact_first.setdefault(exact, line)
-        new_bands = [key for key in features.band_keys or () if key not in self.band_first]
-        for key in new_bands:
-            self.band_first[key] = line
-        if exact is not None or new_bands:
-            self.journal.append([line, exact, new_bands])
-
     def take_journal(self) -> list:
-        entries, self.journal = self.journal, []
-        # PII counts are state too: a resumed run's summary must count the first part's records
-        if entries or self.counters.pii_records:
-            entries.append(["counters", asdict(self.counters)])
-        return entries
+        """Called at each commit: the index commits, and the journal records up to which line it is
+        valid and the PII counts so far."""
+        if self.index is not None:
+            self.index.commit()
+        return [["upto", self.last_line, asdict(self.counters)]]
 
     def restore(self, entries) -> None:
-        for entry in entries:
-            if entry[0] == "counters":
-                self.counters = _Counters(**entry[1])
-                continue
-            line, exact, bands = entry
-            if exact is not None:
-                self.exact_first.setdefault(exact, line)
-            for key in bands:
-                self.band_first.setdefault(key, line)
+        upto = 0
+        for _, upto, counters in entries:
+            self.counters = _Counters(**counters)
+        self.last_line = upto
+        self.index.rollback_after(upto)  # what a killed run indexed after its last commit
 
     def settings(self) -> dict:
         return {"clean": asdict(self.settings_)}
@@ -319,7 +327,7 @@ class CleanStep(StreamStep):
                                    "rows": self.rows, "shingle_words": s.shingle} if s.near else None,
             "pii": {"mode": s.pii, "kept_records_with_pii": self.counters.pii_records,
                     "found_in_kept_records": self.counters.pii_found},
-            "index_entries": len(self.exact_first) + len(self.band_first),
+            "index_entries": self.index_entries if self.index is None else self.index.size(),
             "notes": self.notes,
         }
 

@@ -57,7 +57,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     source, out = _check_paths(args)
     settings = CleanSettings(
         text_key=args.text_key, filters=_comma_list(args.filters), min_words=args.min_words,
-        min_stop_words=args.min_stop_words, languages=_comma_list(args.languages), pii=args.pii,
+        min_stop_words=args.min_stop_words, min_mean_word_length=args.min_mean_word_length, languages=_comma_list(args.languages), pii=args.pii,
         exact=not args.no_exact, near=not args.no_near, near_threshold=args.near_threshold, shingle=args.shingle,
         num_perm=args.num_perm)
     if args.engine == "datatrove":
@@ -97,6 +97,9 @@ def _add_clean(data_sub) -> None:
     parser.add_argument("--min-words", type=int, default=3, help="gopher-quality: fewer words is too short")
     parser.add_argument("--min-stop-words", type=int, default=0,
                         help="gopher-quality: at least this many English stop words (Gopher used 2 for web pages)")
+    parser.add_argument("--min-mean-word-length", type=float, default=3.0,
+                        help="gopher-quality: a lower mean word length is junk (0: no limit; captions of short "
+                             "words like 'a red cat' fall below 3)")
     parser.add_argument("--languages", default="",
                         help="comma-separated ISO 639-1 codes to keep, e.g. en (py3langid; skipped with a note "
                              "when it is not installed); empty: no language filter")

@@ -133,6 +133,12 @@ class _Precomputed(StreamStep):
             items.append(self.inner.decode_prepared(encoded))
         return self.inner.decide(lines, records, items)
 
+    def open(self, out_path: Path, resuming: bool) -> None:
+        self.inner.open(out_path, resuming)
+
+    def close(self, complete: bool) -> None:
+        self.inner.close(complete)
+
     def take_journal(self) -> list:
         return self.inner.take_journal()
 

@@ -17,7 +17,8 @@ A step has two halves so that the same code runs on one core or many:
 - `decide(lines, records, prepared)`: runs in the main process in input order and may keep
   state (seen hashes, concept counts). What it must remember across a kill it hands to the runner
   as journal entries (`take_journal`), which are committed with the outputs and given back to
-  `restore` on resume.
+  `restore` on resume. A step whose state is too large for a journal keeps it in a file of its own
+  (`open` tells it where the outputs go and whether the run resumes; `clean`'s SQLite index).
 
 Resume: every `commit_every` records the runner flushes and fsyncs both outputs and the journal,
 then atomically replaces OUT.resume.json (input byte offset, line number, output sizes, counts).
@@ -67,6 +68,13 @@ class StreamStep:
     def decide(self, lines: list[int], records: list[dict], prepared: list[Any]) -> list[Verdict]:
         """One Verdict per record, in input order; `lines[i]` is record i's 1-based line number in IN."""
         raise NotImplementedError
+
+    def open(self, out_path: Path, resuming: bool) -> None:
+        """Called before the first record: where the outputs go (a step may keep files beside them)
+        and whether an interrupted run is being continued (`restore` follows)."""
+
+    def close(self, complete: bool) -> None:
+        """Called when the run stops, complete or not."""
 
     def encode_prepared(self, item: Any) -> Any:
         """`prepare`'s result for one record as JSON (for engines that pass it through files)."""
@@ -279,11 +287,13 @@ def run_stream(
                                       f"rerun with those or delete {state_path} to start over")
         state = previous
         resumed_from = state["line"]
+        step.open(out_path, resuming=True)
         with open(journal_path, "rb") as handle:
             journal_bytes = handle.read(state["journal_size"])
         step.restore(json.loads(line) for line in journal_bytes.splitlines())
     else:
         journal_path.unlink(missing_ok=True)
+        step.open(out_path, resuming=False)
 
     removed_by_reason = Counter(state["removed_by_reason"])
     kept = state["kept"]
@@ -363,6 +373,7 @@ def run_stream(
         if pool is not None:
             pool.terminate()
             pool.join()
+        step.close(complete=finished)
     seconds = time.perf_counter() - started
     if finished:
         state_path.unlink(missing_ok=True)

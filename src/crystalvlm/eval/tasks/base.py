@@ -75,6 +75,15 @@ class Task(ABC):
         """`score` plus per-sample detail; tasks that keep detail override this."""
         return TaskScore(self.score(predictions, scoring=scoring))
 
+    def sample_scores(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
+        """Each selected sample's score in [0, 1] (1: right) under the task's own answer rule, for
+        bad-case analysis. Tasks whose metric is not a mean over samples (CHAIR, WCGB) have none."""
+        raise ValueError(f"{self.name}: this task has no per-sample score, so it cannot be analysed per sample")
+
+    def sample_capability(self, sample: EvalSample) -> str:
+        """The capability a sample tests (a subtask, a question type); by default the task itself."""
+        return self.name
+
     def samples(self) -> list[EvalSample]:
         if self._loaded is None:
             loaded = self.load_samples()

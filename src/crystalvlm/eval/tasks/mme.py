@@ -188,6 +188,15 @@ class MMETask(Task):
         result.update({name: scores[name] for name in MME_SUBTASKS if name in scores})
         return result
 
+    def sample_scores(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
+        check_scoring(scoring)
+        parse = parse_llava if scoring == "llava" else parse_lmms_eval
+        return {sample.sample_id: float(parse(text.strip()) == sample.target.lower())
+                for sample, text in self.paired(predictions)}
+
+    def sample_capability(self, sample: EvalSample) -> str:
+        return f"{self.name}/{sample.meta['subtask']}"
+
 
 class MMEParquetTask(MMETask):
     """MME from a local copy of lmms-lab/MME (question_id is '<subtask>/<image file>', category the subtask)."""

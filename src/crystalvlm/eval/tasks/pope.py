@@ -115,6 +115,11 @@ class PopeTask(Task):
         pairs = [(parse(text.strip()), sample.target) for sample, text in self.paired(predictions)]
         return pope_metrics(pairs, scoring)
 
+    def sample_scores(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
+        check_scoring(scoring)
+        parse = parse_llava if scoring == "llava" else parse_lmms_eval
+        return {sample.sample_id: float(parse(text.strip()) == sample.target) for sample, text in self.paired(predictions)}
+
 
 class PopeParquetTask(PopeTask):
     """POPE from a local copy of lmms-lab/POPE (default config: one `test` table, split = `category` column;

@@ -139,6 +139,19 @@ class ScienceQATask(Task):
                 correct_img += correct
         return {"accuracy": safe_ratio(correct_all, total), "img_accuracy": safe_ratio(correct_img, total_img)}
 
+    def sample_scores(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
+        check_scoring(scoring)
+        scores = {}
+        for sample, text in self.paired(predictions, allow_missing=True):  # missing answer = wrong
+            if scoring == "llava":
+                scores[sample.sample_id] = float(correct_llava(text, sample.meta["answer_index"], sample.meta["num_choices"]))
+            else:
+                scores[sample.sample_id] = float(correct_lmms_eval(text, sample.target))
+        return scores
+
+    def sample_capability(self, sample: EvalSample) -> str:
+        return f"{self.name}/{'image' if sample.meta['has_image'] else 'text'}"
+
 
 class ScienceQAParquetTask(ScienceQATask):
     """ScienceQA-IMG from a local copy of lmms-lab/ScienceQA (config ScienceQA-IMG).

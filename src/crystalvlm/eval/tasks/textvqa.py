@@ -125,6 +125,10 @@ class TextVQATask(Task):
         scores = [vqa_accuracy(text, sample.target) for sample, text in self.paired(predictions)]
         return {"accuracy": safe_ratio(sum(scores), len(scores))}
 
+    def sample_scores(self, predictions: dict[str, str], scoring: str = "llava") -> dict[str, float]:
+        check_scoring(scoring)
+        return {sample.sample_id: float(vqa_accuracy(text, sample.target)) for sample, text in self.paired(predictions)}
+
 
 class TextVQAParquetTask(TextVQATask):
     """TextVQA val from a local copy of lmms-lab/textvqa (which carries `ocr_tokens` per question)."""
