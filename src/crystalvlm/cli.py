@@ -28,6 +28,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from crystalvlm.train.adapters import refuse_impossible_adapters
 
     refuse_impossible_adapters(placeholder, [args.stage] if args.stage else None)  # e.g. QLoRA on a CPU
+    if args.init_from:
+        from crystalvlm.models.checkpoint import resolve_model
+
+        resolve_model(args.init_from)  # a model not there (offline Hub id) is refused before world preparation
     if args.image_folder and not args.data:
         raise UsageError("--image-folder needs --data")
     if args.data:
@@ -52,6 +56,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         report_to=args.report_to or [],
         progress=not args.quiet,
         num_workers=args.num_workers,
+        init_from=args.init_from,
     )
     try:
         results = train_recipe(recipe, options)
@@ -83,6 +88,8 @@ def _add_train(sub) -> None:
     parser.add_argument("--report-to", action="append", choices=["tensorboard", "wandb"],
                         help="also log to this tracker (needs the [track] extra; repeatable)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--init-from", metavar="MODEL", help="the first stage run starts from this full LLaVA model "
+                        "(a checkpoint folder or a Hub id in the HF cache) instead of composing parts")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_train)
 

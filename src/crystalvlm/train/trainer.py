@@ -9,7 +9,7 @@ accelerate still owns devices, DDP/FSDP wrapping, mixed precision and trackers.
 A stage runs as named steps, each a function below, in this order:
 
     accelerator   one per stage, in the stage's precision        (stage_accelerator)
-    build_or_load the recipe's model, or the previous stage's checkpoint
+    build_or_load the recipe's model, the stage's init_from model, or the previous stage's checkpoint
     adapters      LoRA / QLoRA / Partial LoRA on the stage's `lora.parts`, if it has `lora` (adapters)
     check_data    every record checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed
@@ -45,7 +45,7 @@ from crystalvlm.data.records import RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
 from crystalvlm.models.build import ModelSpec, build_llava
-from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, resolve_model, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy
@@ -73,6 +73,7 @@ class TrainOptions:
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
     num_workers: int = 0
+    init_from: str | None = None  # a full model the first stage run starts from (over the stage's init_from)
 
 
 @dataclass
@@ -152,10 +153,14 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the named steps
 def build_or_load(run: StageRun, init_from: Path | None):
-    """The recipe's model for a first stage, else the previous stage's final checkpoint."""
+    """The recipe's model composed from its parts, or the full model at `init_from` (the stage's
+    init_from, or the previous stage's final checkpoint)."""
     template = get_template(run.stage.template)
     set_seed(run.recipe.seed)
     if init_from is None:
+        if not run.recipe.model:
+            raise ValueError(f"stage {run.stage.name!r}: the recipe has no 'model' section to compose and the stage "
+                             "starts from no model; give it init_from (or --init-from)")
         model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja())
     else:
         model, processor, _ = load_checkpoint(init_from)
@@ -408,6 +413,21 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     return StageResult(stage.name, checkpoint, plan.total_steps, final_loss, problems)
 
 
+def start_model(recipe: Recipe, stage_name: str, options: TrainOptions) -> Path | None:
+    """The folder of the full model a stage starts from by name, or None (it builds from parts or
+    continues the previous stage): --init-from for the first stage run, else the stage's init_from.
+    A Hub id is looked up in the HF cache only; one not there raises ModelNotFoundError."""
+    wanted = options.stages or [stage.name for stage in recipe.stages]
+    name = options.init_from if (options.init_from and stage_name == wanted[0]) else recipe.stage(stage_name).init_from
+    if not name:
+        return None
+    folder = resolve_model(name)
+    if is_adapter_folder(folder):
+        raise ValueError(f"stage {stage_name!r}: init_from {name} is an unmerged adapter folder; merge it first "
+                         f"(`crystalvlm merge {name} --out DST`)")
+    return folder
+
+
 def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     """Run the recipe's stages in order; each starts from the previous stage's final checkpoint."""
     # The process group (torchrun) is set up once; each stage then gets its own accelerator.
@@ -418,6 +438,11 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     for name in wanted:
         recipe.stage(name)  # raises on an unknown stage
     refuse_impossible_adapters(recipe, wanted)  # QLoRA without a GPU: refused before any work
+    for name in wanted:
+        start_model(recipe, name, options)  # a model that is not there is refused before any work
+    if not recipe.model and names.index(wanted[0]) == 0 and start_model(recipe, wanted[0], options) is None:
+        raise ValueError(f"recipe {recipe.name!r} has no 'model' section to compose its first stage from; add one, "
+                         "or start the stage from a full model (init_from in the stage, or --init-from)")
     if process.is_main_process:
         (options.run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
         data_files, folders = [], []
@@ -438,8 +463,8 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
                 print(f"stage {name}: already complete at {done}")
             results.append(StageResult(name, done, 0, None, []))
             continue
-        init_from = None
-        if index > 0:
+        init_from = start_model(recipe, name, options)
+        if init_from is None and index > 0:
             init_from = final_checkpoint(options.run_dir, names[index - 1])
             if is_adapter_folder(init_from):
                 raise FileNotFoundError(
