@@ -68,3 +68,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def record_check_cache_in_tmp(tmp_path_factory):
+    """The record-check cache of the session goes to a temporary folder, never the user's ~/.cache
+    (set in the environment, so training subprocesses use it too)."""
+    import os
+
+    previous = os.environ.get("CRYSTALVLM_CACHE")
+    os.environ["CRYSTALVLM_CACHE"] = str(tmp_path_factory.mktemp("crystalvlm_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CRYSTALVLM_CACHE", None)
+    else:
+        os.environ["CRYSTALVLM_CACHE"] = previous

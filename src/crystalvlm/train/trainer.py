@@ -40,7 +40,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
 from crystalvlm.data.collate import collate_conversations
-from crystalvlm.data.dataset import ConversationDataset, DataSource, prepare_dataset
+from crystalvlm.data.check_cache import CheckCache
+from crystalvlm.data.dataset import ConversationDataset, DataSource, default_check_workers, prepare_dataset
 from crystalvlm.data.records import RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
@@ -202,11 +203,21 @@ def adapters(run: StageRun, model, processor, init_from: Path | None):
 
 
 def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
-    """Every record encoded and checked before any step; bad ones listed in data_problems.jsonl."""
+    """Every record encoded and checked before any step, in parallel and cached by content (a second
+    run on the same data skips it); bad ones listed in data_problems.jsonl. The first process of each
+    machine checks and fills the cache, using all its CPUs; the others then read the cache."""
     encoder = SampleEncoder.from_processor(processor, model.config, get_template(run.stage.template),
                                            run.recipe.image_mode, max_length=run.stage.max_length)
-    prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
-                               progress=run.options.progress and run.accelerator.is_main_process)
+    started = time.perf_counter()
+    with run.accelerator.local_main_process_first():
+        prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
+                                   progress=run.options.progress and run.accelerator.is_main_process,
+                                   workers=default_check_workers(shared=False),
+                                   cache=CheckCache())
+    if run.accelerator.is_main_process:
+        summary = {"seconds": round(time.perf_counter() - started, 3), "records": len(prepared.items) + len(prepared.problems),
+                   "bad": len(prepared.problems), "cached_sources": [str(path) for path in prepared.cached]}
+        (run.folder / "data_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report_problems(run, prepared.problems)
     if prepared.problems and run.options.strict:
         reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
