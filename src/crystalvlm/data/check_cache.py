@@ -23,9 +23,13 @@ from crystalvlm.data.records import ConversationRecord
 CHECK_VERSION = 1  # bump when what check_record verifies changes: old entries then stop matching
 
 
+def cache_root() -> Path:
+    """crystalvlm's cache folder: $CRYSTALVLM_CACHE, default ~/.cache/crystalvlm."""
+    return Path(os.environ.get("CRYSTALVLM_CACHE") or Path.home() / ".cache" / "crystalvlm")
+
+
 def default_cache_dir() -> Path:
-    root = os.environ.get("CRYSTALVLM_CACHE") or Path.home() / ".cache" / "crystalvlm"
-    return Path(root) / "record-checks"
+    return cache_root() / "record-checks"
 
 
 def file_digest(path: Path) -> str:

@@ -51,7 +51,7 @@ from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_f
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
-from crystalvlm.train.provenance import write_provenance
+from crystalvlm.train.provenance import start_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
 from crystalvlm.train.stage_accelerator import stage_accelerator
@@ -454,6 +454,7 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     if not recipe.model and names.index(wanted[0]) == 0 and start_model(recipe, wanted[0], options) is None:
         raise ValueError(f"recipe {recipe.name!r} has no 'model' section to compose its first stage from; add one, "
                          "or start the stage from a full model (init_from in the stage, or --init-from)")
+    provenance = None
     if process.is_main_process:
         (options.run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
         data_files, folders = [], []
@@ -463,30 +464,35 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
                     data_files.append(source.file)
                     if source.image_folder:
                         folders.append(source.image_folder)
-        write_provenance(options.run_dir, recipe.seed, sorted(set(data_files)), sorted(set(folders)))
+        # Hashed in the background: no rank waits on a collective while the main process reads every image.
+        provenance = start_provenance(options.run_dir, recipe.seed, sorted(set(data_files)), sorted(set(folders)))
     results = []
-    for name in wanted:
-        index = names.index(name)
-        done = final_checkpoint(options.run_dir, name)
-        if options.resume and ((done / "config.json").is_file() or is_adapter_folder(done)):
-            # Final checkpoints are renamed into place whole, so one that exists is complete.
-            if process.is_main_process:
-                print(f"stage {name}: already complete at {done}")
-            results.append(StageResult(name, done, 0, None, []))
-            continue
-        init_from = start_model(recipe, name, options)
-        if init_from is None and index > 0:
-            init_from = final_checkpoint(options.run_dir, names[index - 1])
-            if is_adapter_folder(init_from):
-                raise FileNotFoundError(
-                    f"stage {name!r} starts from stage {names[index - 1]!r}, which kept its adapters unmerged "
-                    f"(lora.merge: false) in {init_from}; merge them first (`crystalvlm merge {init_from} --out DST`)"
-                    f" or set lora.merge: true"
-                )
-            if not (init_from / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
-                    f"run that stage first"
-                )
-        results.append(train_stage(recipe, recipe.stage(name), options, init_from))
+    try:
+        for name in wanted:
+            index = names.index(name)
+            done = final_checkpoint(options.run_dir, name)
+            if options.resume and ((done / "config.json").is_file() or is_adapter_folder(done)):
+                # Final checkpoints are renamed into place whole, so one that exists is complete.
+                if process.is_main_process:
+                    print(f"stage {name}: already complete at {done}")
+                results.append(StageResult(name, done, 0, None, []))
+                continue
+            init_from = start_model(recipe, name, options)
+            if init_from is None and index > 0:
+                init_from = final_checkpoint(options.run_dir, names[index - 1])
+                if is_adapter_folder(init_from):
+                    raise FileNotFoundError(
+                        f"stage {name!r} starts from stage {names[index - 1]!r}, which kept its adapters unmerged "
+                        f"(lora.merge: false) in {init_from}; merge them first (`crystalvlm merge {init_from} --out DST`)"
+                        f" or set lora.merge: true"
+                    )
+                if not (init_from / "config.json").is_file():
+                    raise FileNotFoundError(
+                        f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
+                        f"run that stage first"
+                    )
+            results.append(train_stage(recipe, recipe.stage(name), options, init_from))
+    finally:
+        if provenance is not None:
+            provenance.finish()  # the run's only wait for the hashing, at its very end
     return results
