@@ -147,19 +147,25 @@ class Template:
         """
         segments = self.segments(turns, add_generation_prompt=add_generation_prompt)
         text = "".join(segment.text for segment in segments)
-        input_ids = _token_ids(tokenizer, text)
-        labels = [IGNORE_INDEX] * len(input_ids)
-        # Token index of each segment boundary where training switches on or off.
-        offset, start_token = 0, 0
-        for index, segment in enumerate(segments):
+        # Character offsets where training switches on or off (segment ends followed by the other kind).
+        boundaries, offset = [], 0
+        for index, segment in enumerate(segments[:-1]):
             offset += len(segment.text)
-            last = index == len(segments) - 1
-            if not last and segments[index + 1].trained == segment.trained:
-                continue  # same labelling on both sides: no boundary to locate
-            end_token = len(input_ids) if last else _prefix_length(tokenizer, text, offset, input_ids, self.name)
+            if segments[index + 1].trained != segment.trained:
+                boundaries.append(offset)
+        # One batched call: the whole text and the text before each boundary, each as one string.
+        *prefix_ids, input_ids = _token_ids_batch(tokenizer, [text[:at] for at in boundaries] + [text])
+        ends = [_prefix_length(ids, input_ids, text, at, self.name) for ids, at in zip(prefix_ids, boundaries)]
+        ends.append(len(input_ids))
+        labels = [IGNORE_INDEX] * len(input_ids)
+        start_token, run = 0, 0
+        for index, segment in enumerate(segments):
+            if index < len(segments) - 1 and segments[index + 1].trained == segment.trained:
+                continue  # the run goes on into the next segment
+            end_token = ends[run]
             if segment.trained:
                 labels[start_token:end_token] = input_ids[start_token:end_token]
-            start_token = end_token
+            start_token, run = end_token, run + 1
         return input_ids, labels
 
     # ---------------------------------------------------------------- HF chat template
@@ -216,16 +222,15 @@ class TokenizationMismatch(ConversationError):
     """A trained/untrained boundary that falls inside a token of the whole rendered text."""
 
 
-def _token_ids(tokenizer: TokenizerLike, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _token_ids_batch(tokenizer: TokenizerLike, texts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _prefix_length(tokenizer: TokenizerLike, text: str, offset: int, whole_ids: list[int], template: str) -> int:
+def _prefix_length(prefix_ids: list[int], whole_ids: list[int], text: str, offset: int, template: str) -> int:
     """How many of `whole_ids` (the ids of `text`) the text before `offset` tokenises to.
 
     The prefix tokenised on its own must be a prefix of the whole ids: that is what makes a
     generation prompt's ids (tokenised alone at inference) the start of the training ids."""
-    prefix_ids = _token_ids(tokenizer, text[:offset])
     if whole_ids[: len(prefix_ids)] != prefix_ids:
         diverge = next((i for i, (a, b) in enumerate(zip(prefix_ids, whole_ids)) if a != b),
                        min(len(prefix_ids), len(whole_ids)))
