@@ -103,3 +103,13 @@ def test_a_second_train_skips_the_record_check(colour_world, tiny_tokenizer_dir,
     second = json.loads((tmp_path / "second/align/data_check.json").read_text())
     assert len(counting) == checked
     assert second["cached_sources"] == [str(colour_world["captions"])] and second["records"] == first["records"]
+
+
+def test_an_unwritable_cache_only_warns(colour_world, tiny_checkpoint, tmp_path, caplog):
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("a file where the cache folder would be")
+    source = DataSource(colour_world["qa"], colour_world["images"])
+    encoder = checkpoint_encoder(tiny_checkpoint, require_template=True)
+    prepared = prepare_dataset([source], encoder, cache=CheckCache(blocked / "record-checks"))
+    assert _outcomes(prepared) == _outcomes(prepare_dataset([source], encoder))
+    assert "record-check cache not written" in caplog.text

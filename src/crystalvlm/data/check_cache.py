@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
 from crystalvlm.data.records import ConversationRecord
+
+log = logging.getLogger(__name__)
 
 CHECK_VERSION = 1  # bump when what check_record verifies changes: old entries then stop matching
 
@@ -100,8 +103,13 @@ class CheckCache:
         return outcomes
 
     def store(self, key: str, stamp: str, outcomes: list[int | str]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write the entry atomically; a cache that cannot be written (read-only home) only costs the
+        next run a check, so it is a warning, not an error."""
         path = self.folder / f"{key}.json"
         staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        staging.write_text(json.dumps({"images": stamp, "outcomes": outcomes}))
-        os.replace(staging, path)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            staging.write_text(json.dumps({"images": stamp, "outcomes": outcomes}))
+            os.replace(staging, path)
+        except OSError as error:
+            log.warning("record-check cache not written (%s); the next run checks the data again", error)

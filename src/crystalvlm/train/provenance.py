@@ -61,7 +61,10 @@ def sha256_folder(folder: Path, cache_dir: Path | None = None) -> dict[str, obje
         digest.update(relative.encode() + b"\0" + file_digest.encode())
         count += 1
     if cache_file is not None:
-        _write_atomically(cache_file, json.dumps(fresh))
+        try:
+            _write_atomically(cache_file, json.dumps(fresh))
+        except OSError as error:  # an unwritable cache only costs the next run the hashing
+            log.warning("file-hash cache not written (%s)", error)
     return {"sha256": digest.hexdigest(), "files": count}
 
 
