@@ -70,16 +70,20 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def record_check_cache_in_tmp(tmp_path_factory):
-    """The record-check cache of the session goes to a temporary folder, never the user's ~/.cache
-    (set in the environment, so training subprocesses use it too)."""
+def pytest_configure(config):
+    """crystalvlm's caches (record checks, file hashes) go to a temporary folder of this session, never the
+    user's ~/.cache. Set before collection, so environments that test modules copy at import (for
+    training subprocesses) carry it too."""
     import os
+    import tempfile
 
-    previous = os.environ.get("CRYSTALVLM_CACHE")
-    os.environ["CRYSTALVLM_CACHE"] = str(tmp_path_factory.mktemp("crystalvlm_cache"))
-    yield
-    if previous is None:
-        os.environ.pop("CRYSTALVLM_CACHE", None)
-    else:
-        os.environ["CRYSTALVLM_CACHE"] = previous
+    config._crystalvlm_cache = tempfile.mkdtemp(prefix="crystalvlm-test-cache-")
+    os.environ["CRYSTALVLM_CACHE"] = config._crystalvlm_cache
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    folder = getattr(config, "_crystalvlm_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
