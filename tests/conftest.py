@@ -68,3 +68,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_configure(config):
+    """crystalvlm's caches (record checks, file hashes) go to a temporary folder of this session, never the
+    user's ~/.cache. Set before collection, so environments that test modules copy at import (for
+    training subprocesses) carry it too."""
+    import os
+    import tempfile
+
+    config._crystalvlm_cache = tempfile.mkdtemp(prefix="crystalvlm-test-cache-")
+    os.environ["CRYSTALVLM_CACHE"] = config._crystalvlm_cache
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    folder = getattr(config, "_crystalvlm_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -82,3 +82,54 @@ def tiny_recipe(tmp: Path, tokenizer_dir: Path, world: dict[str, Path], **stage_
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+# ---------------------------------------------------------------- real-style tokenizers, trained on the spot
+def _chat_corpus() -> list[str]:
+    from crystalvlm.data.templates import LLAMA3_SYSTEM, VICUNA_SYSTEM
+
+    return corpus() + [VICUNA_SYSTEM, LLAMA3_SYSTEM, "USER: What colour is it? ASSISTANT: Red",
+                       "user\n\nIs it a square?", "assistant\n\nYes, it is a square."] * 10
+
+
+def sentencepiece_llama_tokenizer(folder: Path, legacy: bool):
+    """A Llama-2/Vicuna-style tokenizer: a tiny SentencePiece BPE model (byte fallback, dummy prefix,
+    <unk>/<s>/</s> at 0/1/2) loaded by transformers' LlamaTokenizer, with `<image>` added."""
+    import io
+
+    import sentencepiece
+    from transformers import LlamaTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_chat_corpus()), model_writer=model, vocab_size=1000, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        minloglevel=2, hard_vocab_limit=False)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    tokenizer = LlamaTokenizer.from_pretrained(folder, legacy=legacy)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+# Llama-3's pre-tokenizer pattern (split before byte-level mapping).
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def llama3_style_tokenizer():
+    """A Llama-3-style tokenizer: byte-level BPE with Llama-3's split pattern and its header/turn
+    special tokens, as a PreTrainedTokenizerFast."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<image>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(_chat_corpus(), trainers.BpeTrainer(
+        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   additional_special_tokens=specials)

@@ -28,6 +28,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from crystalvlm.train.adapters import refuse_impossible_adapters
 
     refuse_impossible_adapters(placeholder, [args.stage] if args.stage else None)  # e.g. QLoRA on a CPU
+    if args.init_from:
+        from crystalvlm.models.checkpoint import resolve_model
+
+        resolve_model(args.init_from)  # a model not there (offline Hub id) is refused before world preparation
     if args.image_folder and not args.data:
         raise UsageError("--image-folder needs --data")
     if args.data:
@@ -52,6 +56,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         report_to=args.report_to or [],
         progress=not args.quiet,
         num_workers=args.num_workers,
+        init_from=args.init_from,
     )
     try:
         results = train_recipe(recipe, options)
@@ -83,6 +88,8 @@ def _add_train(sub) -> None:
     parser.add_argument("--report-to", action="append", choices=["tensorboard", "wandb"],
                         help="also log to this tracker (needs the [track] extra; repeatable)")
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    parser.add_argument("--init-from", metavar="MODEL", help="the first stage run starts from this full LLaVA model "
+                        "(a checkpoint folder or a Hub id in the HF cache) instead of composing parts")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_train)
 
@@ -122,6 +129,22 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if prepared.problems else 0
 
 
+def _cmd_data_show(args: argparse.Namespace) -> int:
+    from crystalvlm.data.records import read_record
+    from crystalvlm.data.show import format_record, show_record
+    from crystalvlm.infer.prompts import checkpoint_encoder
+
+    if args.image_folder and not Path(args.image_folder).is_dir():
+        raise UsageError(f"--image-folder {args.image_folder}: no such folder")
+    record = read_record(args.file, args.index)  # a bad index or malformed record: one-line error
+    encoder = checkpoint_encoder(args.model, args.template, require_template=True)
+    shown = show_record(record, Path(args.image_folder) if args.image_folder else None, encoder)
+    print(format_record(shown, encoder))
+    if args.json:
+        print(json.dumps(shown.as_json()))
+    return 0
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from crystalvlm.worlds.shapes.writer import write_shapes_world
 
@@ -142,6 +165,15 @@ def _add_data(sub) -> None:
     check.add_argument("--max-length", type=int, default=2048, help="records longer than this many tokens are bad")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=_cmd_data_check)
+    show = data.add_parser("show", help="print a record's tokens as the model sees them, trained ones marked",
+                           formatter_class=HelpFormatter)
+    show.add_argument("file", help="a LLaVA-format JSON or JSON-lines data file")
+    show.add_argument("--model", required=True, help="a checkpoint folder or a cached Hub id (its tokenizer and image-token count)")
+    show.add_argument("--image-folder", help="the folder the records' image paths are relative to (then the image is checked too)")
+    show.add_argument("--template", help="defaults to the checkpoint's template")
+    show.add_argument("--index", type=int, default=0, help="which record of the file (0-based)")
+    show.add_argument("--json", action="store_true", help='end with one line {"input_ids": [...], "labels": [...]}')
+    show.set_defaults(func=_cmd_data_show)
     synth = data.add_parser("synth", help="generate a synthetic world").add_subparsers(dest="world", required=True)
     shapes = synth.add_parser("shapes", help="the shapes world: images, training data, benchmarks",
                               formatter_class=HelpFormatter)

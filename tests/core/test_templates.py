@@ -20,32 +20,36 @@ def tokenizer(tiny_tokenizer_dir):
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
 
 
+def assert_ids_and_labels_are_exact(template, conversation, tokenizer):
+    """The ids are the rendered conversation tokenised as one string; each trained run starts where the
+    generation prompt (tokenised alone, as inference does) ends and is exactly the answer and its
+    end-of-turn marker; nothing else is trained."""
+    ids, labels = template.encode(conversation, tokenizer)
+    assert len(ids) == len(labels)
+    whole = "".join(segment.text for segment in template.segments(conversation))
+    assert ids == tokenizer(whole, add_special_tokens=False)["input_ids"]
+    expected_trained = set()
+    for turn_index in [i for i, t in enumerate(conversation) if t.role == "assistant"]:
+        prompt_ids, _ = template.encode(conversation[:turn_index], tokenizer, add_generation_prompt=True)
+        assert prompt_ids == tokenizer(template.prompt_text(conversation[:turn_index]), add_special_tokens=False)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids  # training starts with exactly the inference prompt
+        assert labels[len(prompt_ids) - 1] == IGNORE_INDEX  # the generation prompt is never trained
+        run_end = len(prompt_ids)
+        while run_end < len(labels) and labels[run_end] != IGNORE_INDEX:
+            run_end += 1
+        answer_and_end = template.assistant_format.format(content=conversation[turn_index].text)
+        trained_text = tokenizer.decode(ids[len(prompt_ids): run_end], skip_special_tokens=False)
+        assert trained_text.strip() == answer_and_end.strip()
+        expected_trained |= set(range(len(prompt_ids), run_end))
+    assert {i for i, label in enumerate(labels) if label != IGNORE_INDEX} == expected_trained
+    assert all(labels[i] == ids[i] for i in expected_trained)
+
+
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_trained_tokens_are_what_follows_the_generation_prompt(name, tokenizer):
     template = get_template(name)
     conversation = CONVERSATION[:2] if template.first_turn_only_image else CONVERSATION
-    ids, labels = template.encode(conversation, tokenizer)
-    assert len(ids) == len(labels)
-    assistant_turns = [i for i, t in enumerate(conversation) if t.role == "assistant"]
-    for turn_index in assistant_turns:
-        prompt_ids, prompt_labels = template.encode(conversation[:turn_index], tokenizer, add_generation_prompt=True)
-        # The generation prompt itself is never trained on (earlier answers in it are).
-        assert labels[len(prompt_ids) - 1] == IGNORE_INDEX
-        if turn_index == assistant_turns[0]:
-            assert all(label == IGNORE_INDEX for label in prompt_labels)
-        # The training sequence starts with exactly the inference prompt ...
-        assert ids[: len(prompt_ids)] == prompt_ids
-        # ... and the next trained run is the answer followed by the end-of-turn marker.
-        answer = conversation[turn_index].text
-        expected = tokenizer(template.assistant_format.format(content=answer), add_special_tokens=False)["input_ids"]
-        trained = labels[len(prompt_ids): len(prompt_ids) + len(expected)]
-        assert trained == expected
-        assert tokenizer.decode(expected).strip().startswith(answer.split()[0])
-    # Every trained token is an answer token: the count matches the answers' encodings exactly.
-    answers_total = sum(
-        len(tokenizer(template.assistant_format.format(content=conversation[i].text), add_special_tokens=False)["input_ids"])
-        for i in assistant_turns)
-    assert sum(1 for label in labels if label != IGNORE_INDEX) == answers_total
+    assert_ids_and_labels_are_exact(template, conversation, tokenizer)
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from crystalvlm.data.dataset import DataSource, PreparedData, prepare_dataset
+from crystalvlm.data.check_cache import CheckCache
+from crystalvlm.data.dataset import DataSource, PreparedData, default_check_workers, prepare_dataset
 from crystalvlm.data.sample_encoder import SampleEncoder
 
 
@@ -15,7 +16,8 @@ def check_data(file: Path, image_folder: Path | None, encoder: SampleEncoder,
 
     The encoder of a checkpoint comes from `crystalvlm.infer.prompts.checkpoint_encoder`: this module
     stays below `models` (data never imports models)."""
-    prepared = prepare_dataset([DataSource(Path(file), image_folder)], encoder, progress=progress)
+    prepared = prepare_dataset([DataSource(Path(file), image_folder)], encoder, progress=progress,
+                               workers=default_check_workers(), cache=CheckCache())
     reasons = Counter(problem.reason.split(" (")[0] for problem in prepared.problems)
     template = encoder.template.name if encoder.template is not None else None
     summary = {"file": str(file), "template": template, "good": len(prepared.items),

@@ -1,6 +1,6 @@
 """Reading images safely and shaping them the way the recipe says.
 
-`open_image` refuses, with a reason: a path that escapes the image folder, a missing file, a file
+`open_image` (and `verify_image`, its checks without the pixel decode) refuses, with a reason: a path that escapes the image folder, a missing file, a file
 that is not a decodable image (truncated, corrupt), a decompression bomb (more pixels than
 `max_pixels`, checked from the header before any pixel is decoded) and a format outside a short
 list. Only the decoders of the listed formats ever see the bytes: Pillow knows some forty formats,
@@ -43,7 +43,7 @@ def resolve_inside(image_folder: str | Path, relative: str) -> Path:
 
 
 def _decode(data: bytes | Path, label: str, max_pixels: int, formats: tuple[str, ...],
-            on_size: Callable[[int, int], None] | None = None) -> Image.Image:
+            on_size: Callable[[int, int], None] | None = None, verify_only: bool = False) -> Image.Image | None:
     try:
         source = io.BytesIO(data) if isinstance(data, bytes) else data
         # `formats`: Pillow tries only these decoders, so no other parser ever reads the bytes.
@@ -56,6 +56,11 @@ def _decode(data: bytes | Path, label: str, max_pixels: int, formats: tuple[str,
                 )
             if on_size is not None:
                 on_size(width, height)  # may refuse (e.g. a server's budget of pixels), before decoding
+            if verify_only:
+                # Pillow's structural check without decoding pixels: a PNG's chunks and CRCs to IEND
+                # (a truncated or damaged file fails here); formats without one pass on their header.
+                probe.verify()
+                return None
             probe.load()
             return probe.convert("RGB")
     except ImageError:
@@ -103,7 +108,18 @@ def open_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAUL
     path = resolve_inside(image_folder, relative)
     if not path.is_file():
         raise ImageError(f"{relative}: file not found in {Path(image_folder)}")
-    return _decode(path, str(relative), max_pixels, formats)
+    return _decode(path, str(relative), max_pixels, formats)  # type: ignore[return-value]
+
+
+def verify_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 formats: tuple[str, ...] = DATA_IMAGE_FORMATS) -> None:
+    """The checks of `open_image` that need no pixel decoding (folder escape, missing file, format,
+    size against `max_pixels`, the file's structure): cheap enough for every image of a data set up
+    front. The full decode happens when the sample is made, in the data loader's workers."""
+    path = resolve_inside(image_folder, relative)
+    if not path.is_file():
+        raise ImageError(f"{relative}: file not found in {Path(image_folder)}")
+    _decode(path, str(relative), max_pixels, formats, verify_only=True)
 
 
 def decode_image_bytes(data: bytes, label: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -111,7 +127,7 @@ def decode_image_bytes(data: bytes, label: str = "image", max_pixels: int = DEFA
                        on_size: Callable[[int, int], None] | None = None) -> Image.Image:
     """An RGB image from encoded bytes. `on_size(width, height)` is called after the header checks
     and before any pixel is decoded; an exception it raises refuses the image."""
-    return _decode(data, label, max_pixels, formats, on_size)
+    return _decode(data, label, max_pixels, formats, on_size)  # type: ignore[return-value]
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

@@ -129,3 +129,20 @@ def load_records(path: str | Path) -> LoadedRecords:
         except ValueError as error:
             loaded.problems.append(RecordProblem(source, None if record_id is None else str(record_id), str(error)))
     return loaded
+
+
+def read_record(path: str | Path, index: int) -> ConversationRecord:
+    """The record at position `index` (0-based, in file order) of a data file; a record that is
+    malformed, or an index past the end, raises ValueError naming where."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    items, problems = _raw_items(path)
+    if index < 0 or index >= len(items):
+        unreadable = f" ({len(problems)} unreadable line(s) not counted)" if problems else ""
+        raise ValueError(f"{path}: no record at index {index}; the file has {len(items)} record(s){unreadable}")
+    source, item = items[index]
+    try:
+        return parse_record(source, item)
+    except ValueError as error:
+        raise ValueError(f"{source}: record is malformed: {error}") from None

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from crystalvlm.data.image_tokens import expand_image_tokens
-from crystalvlm.data.images import DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageError, open_image, preprocess
+from crystalvlm.data.images import DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageError, open_image, preprocess, verify_image
 from crystalvlm.data.records import ConversationRecord, RecordProblem
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, ConversationError, Template, Turn
 
@@ -82,7 +82,10 @@ class SampleEncoder:
     def check_record(self, record: ConversationRecord, image_folder: Path | None) -> int | RecordProblem:
         """The record's encoded length, or the RecordProblem that rules it out.
 
-        Every image is opened and decoded here, so training never meets a bad image later."""
+        Every image is verified without decoding its pixels (path, format, size, file structure: a
+        truncated PNG fails here); the decode itself happens when `sample` is called, in the loader's
+        workers. A damaged file that only its full decode reveals (some truncated JPEGs) then stops
+        training with an ImageError naming the record and file."""
 
         def problem(reason: str) -> RecordProblem:
             return RecordProblem(record.source, record.record_id, reason)
@@ -94,7 +97,7 @@ class SampleEncoder:
                 return problem("record has an image but no image folder was given")
             for relative in record.images:
                 try:
-                    open_image(image_folder, relative, self.max_pixels)
+                    verify_image(image_folder, relative, self.max_pixels)
                 except ImageError as error:
                     return problem(str(error))
         try:
@@ -113,7 +116,10 @@ class SampleEncoder:
         ids, labels = self.encode(record.turns)
         pixel_values = None
         if record.has_image:
-            images = [open_image(image_folder, path, self.max_pixels) for path in record.images]  # type: ignore[arg-type]
+            try:
+                images = [open_image(image_folder, path, self.max_pixels) for path in record.images]  # type: ignore[arg-type]
+            except ImageError as error:
+                raise ImageError(f"{record.source}: record {record.record_id!r}: {error}") from None
             pixel_values = self.pixel_values(images)
         return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}
 

@@ -2,14 +2,18 @@
 
 A template renders a conversation as an ordered list of text *segments*, each marked as trained
 (an assistant answer plus its end-of-turn marker) or not (system text, user turns, the generation
-prompt that introduces an answer). Every segment is tokenised on its own and the ids are
-concatenated, so:
+prompt that introduces an answer). The ids are those of the whole rendered string tokenised at once,
+exactly as inference tokenises a rendered chat template; the segments only decide the labels. Each
+boundary between a trained and an untrained segment is located by tokenising the text before it as
+one string, which must give a prefix of the whole ids. So:
 
 * the ids of a prompt are exactly the ids the model sees at inference after the generation
-  prompt (inference tokenises the same segments the same way), and
-* the labels are exactly the ids the model must emit after that prompt — no sample is ever
-  silently masked because whole-string and piecewise tokenisation disagree (LLaVA's
-  "tokenization mismatch").
+  prompt, whatever the tokenizer (SentencePiece with or without its legacy dummy "▁" after special
+  tokens, byte-level BPE), and
+* the labels are exactly the ids the model must emit after that prompt: each answer and its
+  end-of-turn marker. Where a tokenizer merges text across a boundary (so no token boundary falls
+  there: LLaVA's "tokenization mismatch"), the conversation is refused with the boundary named,
+  never silently masked or mislabelled.
 
 The same template also writes the Jinja chat template saved in the processor, so plain
 `transformers` users build the same prompt string (`chat_template_jinja`).
@@ -27,7 +31,7 @@ IGNORE_INDEX = -100
 
 
 class TokenizerLike(Protocol):
-    def __call__(self, text: str, add_special_tokens: bool = ...) -> Any: ...
+    def __call__(self, text: str | list[str], add_special_tokens: bool = ...) -> Any: ...
     def convert_tokens_to_ids(self, token: str) -> int: ...
 
 
@@ -137,14 +141,31 @@ class Template:
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels together (labels are IGNORE_INDEX on untrained tokens).
 
-        `<image>` stays one id here; the dataset expands it to the model's image-token count.
+        The ids are the whole rendered text tokenised as one string. `<image>` stays one id here;
+        the dataset expands it to the model's image-token count. Raises TokenizationMismatch when a
+        trained/untrained boundary falls inside a token.
         """
-        input_ids: list[int] = []
-        labels: list[int] = []
-        for segment in self.segments(turns, add_generation_prompt=add_generation_prompt):
-            ids = list(tokenizer(segment.text, add_special_tokens=False)["input_ids"])
-            input_ids += ids
-            labels += ids if segment.trained else [IGNORE_INDEX] * len(ids)
+        segments = self.segments(turns, add_generation_prompt=add_generation_prompt)
+        text = "".join(segment.text for segment in segments)
+        # Character offsets where training switches on or off (segment ends followed by the other kind).
+        boundaries, offset = [], 0
+        for index, segment in enumerate(segments[:-1]):
+            offset += len(segment.text)
+            if segments[index + 1].trained != segment.trained:
+                boundaries.append(offset)
+        # One batched call: the whole text and the text before each boundary, each as one string.
+        *prefix_ids, input_ids = _token_ids_batch(tokenizer, [text[:at] for at in boundaries] + [text])
+        ends = [_prefix_length(ids, input_ids, text, at, self.name) for ids, at in zip(prefix_ids, boundaries)]
+        ends.append(len(input_ids))
+        labels = [IGNORE_INDEX] * len(input_ids)
+        start_token, run = 0, 0
+        for index, segment in enumerate(segments):
+            if index < len(segments) - 1 and segments[index + 1].trained == segment.trained:
+                continue  # the run goes on into the next segment
+            end_token = ends[run]
+            if segment.trained:
+                labels[start_token:end_token] = input_ids[start_token:end_token]
+            start_token, run = end_token, run + 1
         return input_ids, labels
 
     # ---------------------------------------------------------------- HF chat template
@@ -195,6 +216,32 @@ class Template:
             + "{{ " + lit(assistant_prefix) + " }}{{ render(message['content']) }}{{ " + lit(assistant_suffix) + " }}"
             + "{%- endif -%}{%- endfor -%}"
         )
+
+
+class TokenizationMismatch(ConversationError):
+    """A trained/untrained boundary that falls inside a token of the whole rendered text."""
+
+
+def _token_ids_batch(tokenizer: TokenizerLike, texts: list[str]) -> list[list[int]]:
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _prefix_length(prefix_ids: list[int], whole_ids: list[int], text: str, offset: int, template: str) -> int:
+    """How many of `whole_ids` (the ids of `text`) the text before `offset` tokenises to.
+
+    The prefix tokenised on its own must be a prefix of the whole ids: that is what makes a
+    generation prompt's ids (tokenised alone at inference) the start of the training ids."""
+    if whole_ids[: len(prefix_ids)] != prefix_ids:
+        diverge = next((i for i, (a, b) in enumerate(zip(prefix_ids, whole_ids)) if a != b),
+                       min(len(prefix_ids), len(whole_ids)))
+        raise TokenizationMismatch(
+            f"tokenization mismatch with template {template!r}: the text before {text[offset:offset + 20]!r} "
+            f"tokenises alone to ids that differ from the whole conversation's at token {diverge} "
+            f"(whole {whole_ids[diverge:diverge + 3]}, alone {prefix_ids[diverge:diverge + 3]}); the tokenizer "
+            f"merges across {text[max(0, offset - 10):offset]!r}|{text[offset:offset + 10]!r}, so the answer's "
+            "tokens cannot be labelled exactly"
+        )
+    return len(prefix_ids)
 
 
 VICUNA_SYSTEM = (

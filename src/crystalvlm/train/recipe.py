@@ -79,6 +79,9 @@ class StageConfig:
     lora: LoraSettings | None = None  # None: every tunable part trains fully
     save_dtype: str = "auto"  # the final checkpoint's dtype; auto: the training (compute) dtype
     memory_check: bool = True  # refuse a launch whose estimated memory per GPU exceeds the GPU's
+    # A full LLaVA model to start from (a checkpoint folder or a Hub id in the HF cache) instead of the
+    # recipe's parts (a first stage) or the previous stage's final checkpoint (a later stage).
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.tunable) - set(PARTS)
@@ -303,12 +306,12 @@ def load_recipe(name_or_path: str, overrides: list[str] = (), variables: dict[st
         for data_name in stage.data:
             if data_name not in (raw.get("datasets") or {}):
                 raise RecipeError(f"stage {stage.name!r} uses dataset {data_name!r}, which the recipe does not define")
-    if "model" not in raw or not isinstance(raw["model"], dict):
-        raise RecipeError(f"recipe {name_or_path!r} has no 'model' section")
+    if not isinstance(raw.get("model", {}), dict):
+        raise RecipeError(f"recipe {name_or_path!r}: 'model' must be a mapping of the parts to compose")
     return Recipe(
         name=raw.get("name", str(name_or_path)),
         seed=int(raw.get("seed", 0)),
-        model=raw["model"],
+        model=raw.get("model", {}),
         image_mode=raw.get("image_mode", "pad"),
         datasets=raw.get("datasets") or {},
         stages=stages,

@@ -9,7 +9,7 @@ accelerate still owns devices, DDP/FSDP wrapping, mixed precision and trackers.
 A stage runs as named steps, each a function below, in this order:
 
     accelerator   one per stage, in the stage's precision        (stage_accelerator)
-    build_or_load the recipe's model, or the previous stage's checkpoint
+    build_or_load the recipe's model, the stage's init_from model, or the previous stage's checkpoint
     adapters      LoRA / QLoRA / Partial LoRA on the stage's `lora.parts`, if it has `lora` (adapters)
     check_data    every record checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed; frozen parts
@@ -42,18 +42,19 @@ from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
 from crystalvlm.data.collate import collate_conversations
-from crystalvlm.data.dataset import ConversationDataset, DataSource, prepare_dataset
+from crystalvlm.data.check_cache import CheckCache
+from crystalvlm.data.dataset import ConversationDataset, DataSource, default_check_workers, prepare_dataset
 from crystalvlm.data.records import RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
 from crystalvlm.models.build import ModelSpec, build_llava
-from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, resolve_model, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.memory_estimate import check_stage_memory
-from crystalvlm.train.provenance import write_provenance
+from crystalvlm.train.provenance import start_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
 from crystalvlm.train.stage_accelerator import stage_accelerator
@@ -79,6 +80,7 @@ class TrainOptions:
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
     num_workers: int = 0
+    init_from: str | None = None  # a full model the first stage run starts from (over the stage's init_from)
 
 
 @dataclass
@@ -158,10 +160,14 @@ def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the named steps
 def build_or_load(run: StageRun, init_from: Path | None):
-    """The recipe's model for a first stage, else the previous stage's final checkpoint."""
+    """The recipe's model composed from its parts, or the full model at `init_from` (the stage's
+    init_from, or the previous stage's final checkpoint)."""
     template = get_template(run.stage.template)
     set_seed(run.recipe.seed)
     if init_from is None:
+        if not run.recipe.model:
+            raise ValueError(f"stage {run.stage.name!r}: the recipe has no 'model' section to compose and the stage "
+                             "starts from no model; give it init_from (or --init-from)")
         model, processor = build_llava(ModelSpec.from_dict(run.recipe.model), chat_template=template.chat_template_jinja(),
                                        image_mode=run.recipe.image_mode)
     else:
@@ -204,11 +210,21 @@ def adapters(run: StageRun, model, processor, init_from: Path | None):
 
 
 def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
-    """Every record encoded and checked before any step; bad ones listed in data_problems.jsonl."""
+    """Every record encoded and checked before any step, in parallel and cached by content (a second
+    run on the same data skips it); bad ones listed in data_problems.jsonl. The first process of each
+    machine checks and fills the cache, using all its CPUs; the others then read the cache."""
     encoder = SampleEncoder.from_processor(processor, model.config, get_template(run.stage.template),
                                            run.recipe.image_mode, max_length=run.stage.max_length)
-    prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
-                               progress=run.options.progress and run.accelerator.is_main_process)
+    started = time.perf_counter()
+    with run.accelerator.local_main_process_first():
+        prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
+                                   progress=run.options.progress and run.accelerator.is_main_process,
+                                   workers=default_check_workers(shared=False),
+                                   cache=CheckCache())
+    if run.accelerator.is_main_process:
+        summary = {"seconds": round(time.perf_counter() - started, 3), "records": len(prepared.items) + len(prepared.problems),
+                   "bad": len(prepared.problems), "cached_sources": [str(path) for path in prepared.cached]}
+        (run.folder / "data_check.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report_problems(run, prepared.problems)
     if prepared.problems and run.options.strict:
         reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
@@ -440,6 +456,21 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     return StageResult(stage.name, checkpoint, plan.total_steps, final_loss, problems)
 
 
+def start_model(recipe: Recipe, stage_name: str, options: TrainOptions) -> Path | None:
+    """The folder of the full model a stage starts from by name, or None (it builds from parts or
+    continues the previous stage): --init-from for the first stage run, else the stage's init_from.
+    A Hub id is looked up in the HF cache only; one not there raises ModelNotFoundError."""
+    wanted = options.stages or [stage.name for stage in recipe.stages]
+    name = options.init_from if (options.init_from and stage_name == wanted[0]) else recipe.stage(stage_name).init_from
+    if not name:
+        return None
+    folder = resolve_model(name)
+    if is_adapter_folder(folder):
+        raise ValueError(f"stage {stage_name!r}: init_from {name} is an unmerged adapter folder; merge it first "
+                         f"(`crystalvlm merge {name} --out DST`)")
+    return folder
+
+
 def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     """Run the recipe's stages in order; each starts from the previous stage's final checkpoint."""
     # The process group (torchrun) is set up once; each stage then gets its own accelerator.
@@ -450,6 +481,12 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     for name in wanted:
         recipe.stage(name)  # raises on an unknown stage
     refuse_impossible_adapters(recipe, wanted)  # QLoRA without a GPU: refused before any work
+    for name in wanted:
+        start_model(recipe, name, options)  # a model that is not there is refused before any work
+    if not recipe.model and names.index(wanted[0]) == 0 and start_model(recipe, wanted[0], options) is None:
+        raise ValueError(f"recipe {recipe.name!r} has no 'model' section to compose its first stage from; add one, "
+                         "or start the stage from a full model (init_from in the stage, or --init-from)")
+    provenance = None
     if process.is_main_process:
         (options.run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
         data_files, folders = [], []
@@ -459,30 +496,35 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
                     data_files.append(source.file)
                     if source.image_folder:
                         folders.append(source.image_folder)
-        write_provenance(options.run_dir, recipe.seed, sorted(set(data_files)), sorted(set(folders)))
+        # Hashed in the background: no rank waits on a collective while the main process reads every image.
+        provenance = start_provenance(options.run_dir, recipe.seed, sorted(set(data_files)), sorted(set(folders)))
     results = []
-    for name in wanted:
-        index = names.index(name)
-        done = final_checkpoint(options.run_dir, name)
-        if options.resume and ((done / "config.json").is_file() or is_adapter_folder(done)):
-            # Final checkpoints are renamed into place whole, so one that exists is complete.
-            if process.is_main_process:
-                print(f"stage {name}: already complete at {done}")
-            results.append(StageResult(name, done, 0, None, []))
-            continue
-        init_from = None
-        if index > 0:
-            init_from = final_checkpoint(options.run_dir, names[index - 1])
-            if is_adapter_folder(init_from):
-                raise FileNotFoundError(
-                    f"stage {name!r} starts from stage {names[index - 1]!r}, which kept its adapters unmerged "
-                    f"(lora.merge: false) in {init_from}; merge them first (`crystalvlm merge {init_from} --out DST`)"
-                    f" or set lora.merge: true"
-                )
-            if not (init_from / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
-                    f"run that stage first"
-                )
-        results.append(train_stage(recipe, recipe.stage(name), options, init_from))
+    try:
+        for name in wanted:
+            index = names.index(name)
+            done = final_checkpoint(options.run_dir, name)
+            if options.resume and ((done / "config.json").is_file() or is_adapter_folder(done)):
+                # Final checkpoints are renamed into place whole, so one that exists is complete.
+                if process.is_main_process:
+                    print(f"stage {name}: already complete at {done}")
+                results.append(StageResult(name, done, 0, None, []))
+                continue
+            init_from = start_model(recipe, name, options)
+            if init_from is None and index > 0:
+                init_from = final_checkpoint(options.run_dir, names[index - 1])
+                if is_adapter_folder(init_from):
+                    raise FileNotFoundError(
+                        f"stage {name!r} starts from stage {names[index - 1]!r}, which kept its adapters unmerged "
+                        f"(lora.merge: false) in {init_from}; merge them first (`crystalvlm merge {init_from} --out DST`)"
+                        f" or set lora.merge: true"
+                    )
+                if not (init_from / "config.json").is_file():
+                    raise FileNotFoundError(
+                        f"stage {name!r} starts from stage {names[index - 1]!r}, but {init_from} does not exist; "
+                        f"run that stage first"
+                    )
+            results.append(train_stage(recipe, recipe.stage(name), options, init_from))
+    finally:
+        if provenance is not None:
+            provenance.finish()  # the run's only wait for the hashing, at its very end
     return results
