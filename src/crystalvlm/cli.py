@@ -152,6 +152,9 @@ def _add_data(sub) -> None:
     shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_synth)
+    from crystalvlm.dataengine.pairs_command import add_pairs_subcommand
+
+    add_pairs_subcommand(data, HelpFormatter)
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -166,7 +169,8 @@ def _add_quickstart(sub) -> None:
     parser = sub.add_parser("quickstart", help="the whole pipeline on a CPU with nothing to download",
                             formatter_class=HelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="output folder (a rerun continues a killed run)")
-    parser.add_argument("--world", choices=["shapes", "web"], default="shapes", help="the synthetic world")
+    parser.add_argument("--world", choices=["shapes", "web", "hallucination"], default="shapes",
+                        help="the synthetic world (hallucination: the study of every hallucination mitigation)")
     parser.add_argument("--scale", choices=["full", "smoke"], default="full",
                         help="smoke: a reduced run for tests (minutes become seconds, scores mean little)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
