@@ -24,6 +24,13 @@ from crystalvlm.dataengine.preference_pairs import AnnotatedImage, Judge, build_
 from crystalvlm.data.preference_records import pair_line
 
 DEFAULT_PROMPT = "Please describe this image in detail."
+# POPE's question: existence pairs ask it of each hallucinated object ("No" preferred) and of one present object
+# ("Yes" preferred, so the pairs do not simply teach "No").
+EXISTENCE_PROMPT = "Is there {article} {object} in the image?\nAnswer the question using a single word or phrase."
+
+
+def _existence_question(name: str) -> str:
+    return EXISTENCE_PROMPT.format(article="an" if name[0] in "aeiou" else "a", object=name)
 
 
 def _write_lines_atomic(path: Path, rows: list[dict]) -> None:
@@ -48,7 +55,8 @@ def world_inputs(world: Path) -> tuple[Path, Path, Path | None]:
 
 def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Path, *, synonyms: Path | None = None,
                images: int = 400, temperature: float = 0.7, max_new_tokens: int = 96, seed: int = 0,
-               batch_size: int = 32, prompt: str = DEFAULT_PROMPT, progress: bool = True) -> dict:
+               batch_size: int = 32, prompt: str = DEFAULT_PROMPT, existence_pairs: bool = False,
+               progress: bool = True) -> dict:
     """Sample one description per chosen image, judge it, write the pairs; return the summary. A
     description that names no known object gives no pair; the file may then be empty (summary pairs 0)."""
     from PIL import Image
@@ -80,7 +88,7 @@ def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Pa
 
     lines, details = [], []
     counts = {"images": len(chosen), "pairs": 0, "samples_with_hallucination": 0, "hallucinated_objects": 0,
-              "wrong_attributes": 0, "negatives_with_added_hallucination": 0, "no_pair": 0}
+              "wrong_attributes": 0, "negatives_with_added_hallucination": 0, "no_pair": 0, "existence_pairs": 0}
     for index, (image, answer) in enumerate(zip(chosen, answers)):
         pair = build_pair(answer.text, image, prompt, judge)
         if pair is None:
@@ -96,6 +104,16 @@ def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Pa
         counts["hallucinated_objects"] += len(pair.hallucinated_objects)
         counts["wrong_attributes"] += len(pair.wrong_attributes)
         counts["negatives_with_added_hallucination"] += pair.added is not None
+        if existence_pairs:  # the same judged hallucinations, asked as POPE asks them
+            absent = pair.hallucinated_objects or ([pair.added.split(" ", 1)[1]]
+                                                   if pair.added and pair.added.startswith("object ") else [])
+            present = sorted({judge.canonical(o) for o in image.objects})
+            asked = [(name, "No", "Yes") for name in dict.fromkeys(absent)]
+            if asked and present:
+                asked.append((present[index % len(present)], "Yes", "No"))
+            for number, (name, right, wrong) in enumerate(asked):
+                lines.append(pair_line(f"{pair_id}-exists-{number}", pair.image, _existence_question(name), right, wrong))
+                counts["existence_pairs"] += 1
     summary = {"model": str(model), "annotations": str(annotations), "image_folder": str(image_folder),
                "decoding": decoding.describe(), "prompt": prompt, "seed": seed, **counts}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +139,8 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
         synonyms = Path(args.synonyms)
     summary = make_pairs(args.model, annotations, image_folder, Path(args.out), synonyms=synonyms, images=args.images,
                          temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                         batch_size=args.batch_size, prompt=args.prompt, progress=not args.quiet)
+                         batch_size=args.batch_size, prompt=args.prompt, existence_pairs=args.existence_pairs,
+                         progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     if not summary["pairs"]:
         print(f"no pair could be made from {summary['images']} descriptions (none named an object the annotations "
@@ -145,6 +164,9 @@ def add_pairs_subcommand(data_subparsers, formatter_class) -> None:
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the descriptions")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="token budget of a description")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the instruction the model describes each image with")
+    parser.add_argument("--existence-pairs", action="store_true",
+                        help="also ask POPE's existence question of each hallucinated object (No preferred) and of "
+                             "one present object (Yes preferred)")
     parser.add_argument("--seed", type=int, default=0, help="which images, and the sampling")
     parser.add_argument("--batch-size", type=int, default=32, help="descriptions generated together")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
