@@ -42,6 +42,16 @@ def test_a_faithful_sample_gets_a_cooccurring_hallucination_in_its_own_words(tmp
     pair = build_pair(sample, IMAGE, "Describe.", judge)
     assert pair.chosen == sample
     # circle is the absent shape seen most often with stars and moons in the annotations
-    assert pair.rejected == sample + " A large blue circle is in the center."
+    assert pair.rejected == "A small red star is at the top left. A large blue circle is in the center."
     assert pair.added == "object circle"
     assert build_pair("Yes yes yes", IMAGE, "Describe.", judge) is None  # nothing to judge, no pair
+
+
+def test_an_absent_object_is_replaced_by_one_the_sample_left_out(tmp_path):
+    """The positive keeps the sample's length: the sentence about the absent square is rewritten about
+    the moon, which the sample did not mention, with the moon's own colour and size."""
+    judge = _judge(tmp_path)
+    sample = "A small red star is at the top left. A small green square is in the center."
+    pair = build_pair(sample, IMAGE, "Describe.", judge)
+    assert pair.rejected == sample and pair.hallucinated_objects == ["square"]
+    assert pair.chosen == "A small red star is at the top left. A large blue moon is in the center."

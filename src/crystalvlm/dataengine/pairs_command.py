@@ -83,7 +83,9 @@ def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Pa
         if not path.is_relative_to(Path(image_folder).resolve()):
             raise ValueError(f"{annotations}: image {image.file!r} lies outside {image_folder}")
         with Image.open(path) as opened:
-            requests.append(GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{prompt}")], [opened.convert("RGB")]))
+            # Each image its own seed: one shared seed draws the same random numbers for every request.
+            requests.append(GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{prompt}")], [opened.convert("RGB")],
+                                              seed=seed * 1_000_003 + len(requests)))
     answers = engine.generate(requests, decoding, progress=progress)
 
     lines, details = [], []

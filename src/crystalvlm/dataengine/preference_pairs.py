@@ -10,13 +10,16 @@ annotated images the judge can be exact instead:
    the annotations: colours, sizes, positions, ...). A named object the image lacks is a hallucinated
    object; an object that is there but whose stated attributes match none of the image's objects of
    that name is an attribute hallucination (the wrong values are named).
-2. `correct`: the positive drops every sentence naming a hallucinated object and replaces each wrong
+2. `correct`: the positive rewrites every sentence naming a hallucinated object about an object of
+   the image the description left out (dropping it only when none is left), and replaces each wrong
    attribute value by the value of the best-matching annotated object.
 3. `hallucinate`: the negative is the sample as the model wrote it when it held hallucinations; when
-   it held none, one is added in the sample's own words: a sentence of the sample is repeated with
-   its object replaced by an absent one (the absent object that co-occurs most with the image's
-   objects in the annotations, the kind a biased model invents), or, with no object sentence to copy,
-   an attribute value is changed.
+   it held none, one is made in the sample's own words: a sentence of the sample is rewritten about
+   an absent object (the one that co-occurs most with the image's objects in the annotations, the
+   kind a biased model invents), or, with no object sentence, an attribute value is changed.
+
+Edits replace words rather than add or drop sentences wherever they can: a pair whose positive is
+shorter than its negative teaches a model to say less (measured: docs/hallucination.md).
 
 Both sides are the sample edited sentence by sentence, so they share its wording and differ only
 where the hallucination is: the paper's style-consistency step, made exact. What the vocabulary
@@ -148,13 +151,59 @@ def _replace_value(sentence: str, old: str, new: str) -> str:
     return re.sub(rf"\b{re.escape(old)}\b", new, sentence, count=1, flags=re.IGNORECASE)
 
 
-def correct(verdicts: list[SentenceVerdict]) -> str:
-    """The positive: sentences naming absent objects dropped, wrong attribute values replaced."""
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def _replace_object(sentence: str, judge: Judge, old: str, new: str) -> str | None:
+    """`sentence` with its words for object `old` (any synonym, singular or plural) replaced by `new`
+    (in the same number); None when no word for `old` is found."""
+    surfaces = sorted((w for w, c in judge.vocabulary.canonical_of.items() if c == old), key=len, reverse=True)
+    for word in surfaces:
+        for form, replacement in ((_plural(word), _plural(new)), (word, new)):
+            changed, count = re.subn(rf"\b{re.escape(form)}\b", replacement, sentence, count=1, flags=re.IGNORECASE)
+            if count:
+                return changed
+    return None
+
+
+def _swap_in(verdict: SentenceVerdict, old: str, new_object: dict, judge: Judge) -> str | None:
+    """The sentence about `old` rewritten about `new_object`: its name, and the attribute values the
+    sentence states set to the object's own."""
+    text = _replace_object(verdict.text, judge, old, judge.canonical(new_object))
+    if text is None:
+        return None
+    attributes = object_attributes(new_object)
+    for key, value in judge.attribute_mentions(verdict.text).items():
+        if key in attributes and attributes[key].lower() != value:
+            text = _replace_value(text, value, attributes[key])
+    return text
+
+
+def correct(verdicts: list[SentenceVerdict], image: AnnotatedImage, judge: Judge) -> str:
+    """The positive. A sentence naming an absent object is rewritten about an object of the image the
+    description does not mention yet (its name and stated attributes), so the positive keeps the
+    sample's length and wording (a positive made by deleting sentences teaches a model to say less);
+    with no such object left, the sentence is dropped. Wrong attribute values are replaced by the
+    best-matching annotated object's."""
+    mentioned = {name for v in verdicts for name in v.objects}
+    unmentioned = [o for o in image.objects if judge.canonical(o) not in mentioned]
     kept = []
     for verdict in verdicts:
-        if verdict.hallucinated_objects:
-            continue
         text = verdict.text
+        if verdict.hallucinated_objects:
+            rewritten = None
+            if len(set(verdict.objects)) == 1 and unmentioned:
+                stated = judge.attribute_mentions(text)
+                # the unmentioned object agreeing with most of what the sentence states (its position, say)
+                best = max(unmentioned, key=lambda o: sum(object_attributes(o).get(k, "").lower() == v
+                                                          for k, v in stated.items()))
+                rewritten = _swap_in(verdict, verdict.objects[0], best, judge)
+                if rewritten is not None:
+                    unmentioned.remove(best)
+            if rewritten is not None:
+                kept.append(rewritten)
+            continue
         for key, wrong in verdict.wrong_values.items():
             text = _replace_value(text, wrong, verdict.true_values[key])
         kept.append(text)
@@ -162,21 +211,19 @@ def correct(verdicts: list[SentenceVerdict]) -> str:
 
 
 def hallucinate(verdicts: list[SentenceVerdict], image: AnnotatedImage, judge: Judge) -> tuple[str, str] | None:
-    """The negative when the sample held no hallucination: (text, what was added), or None when
-    the sample gives nothing to edit. The added sentence repeats one of the sample's object
-    sentences with its object replaced by the most co-occurring absent object."""
+    """The negative when the sample held no hallucination: (text, what was changed), or None when
+    the sample gives nothing to edit. The last sentence naming one object is rewritten about the
+    absent object that co-occurs most with the image's objects (the kind a biased model invents),
+    same length, same words otherwise; with no such sentence, an attribute value is changed."""
     texts = [v.text for v in verdicts]
     absent = judge.absent_candidates(image)
     single = [i for i, v in enumerate(verdicts) if len(set(v.objects)) == 1]
     if single and absent:
         index = single[-1]
-        named = verdicts[index].objects[0]
-        surface = [word for word, canonical in judge.vocabulary.canonical_of.items() if canonical == named]
-        source = texts[index]
-        for word in sorted(surface, key=len, reverse=True):
-            if re.search(rf"\b{re.escape(word)}\b", source, flags=re.IGNORECASE):
-                added = _replace_value(source, word, absent[0])
-                return " ".join(texts[:index + 1] + [added] + texts[index + 1:]), f"object {absent[0]}"
+        swapped = _replace_object(texts[index], judge, verdicts[index].objects[0], absent[0])
+        if swapped is not None:
+            texts[index] = swapped
+            return " ".join(texts), f"object {absent[0]}"
     for index, verdict in enumerate(verdicts):
         stated = judge.attribute_mentions(verdict.text)
         for key, value in sorted(stated.items()):
@@ -203,7 +250,7 @@ def build_pair(sample: str, image: AnnotatedImage, prompt: str, judge: Judge) ->
     """The HA-DPO pair of one sampled description, or None when no pair can be made (nothing to
     correct and nothing to edit into a hallucination, or the correction leaves nothing)."""
     verdicts = find_hallucinations(sample, image, judge)
-    positive = correct(verdicts)
+    positive = correct(verdicts, image, judge)
     objects = [name for v in verdicts for name in v.hallucinated_objects]
     attributes = [f"{key} {value}" for v in verdicts for key, value in v.wrong_values.items()]
     if objects or attributes:

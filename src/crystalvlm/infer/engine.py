@@ -55,6 +55,7 @@ class GenerationRequest:
     images: list[Image.Image] = field(default_factory=list)
     cancel: threading.Event | None = None  # set it to stop this request early (finish_reason "cancelled")
     stop_strings: tuple[str, ...] = ()  # extra stop strings besides the template's
+    seed: int | None = None  # this request's sampling seed, instead of the config's (many samples in one batch)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class GenerationEngine:
             RowControl(
                 listener=listeners[index],
                 cancelled=request.cancel.is_set if request.cancel is not None else None,
-                generator=request_generator(config.seed, self.device) if strategy.samples else None,
+                generator=request_generator(request.seed if request.seed is not None else config.seed, self.device)
+                if strategy.samples else None,
                 stop_rule=self.stop_rule.with_extra(request.stop_strings),
             )
             for index, request in enumerate(requests)
