@@ -56,7 +56,7 @@ def world_inputs(world: Path) -> tuple[Path, Path, Path | None]:
 def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Path, *, synonyms: Path | None = None,
                images: int = 400, temperature: float = 0.7, max_new_tokens: int = 96, seed: int = 0,
                batch_size: int = 32, prompt: str = DEFAULT_PROMPT, existence_pairs: bool = False,
-               progress: bool = True) -> dict:
+               attributes: bool = True, progress: bool = True) -> dict:
     """Sample one description per chosen image, judge it, write the pairs; return the summary. A
     description that names no known object gives no pair; the file may then be empty (summary pairs 0)."""
     from PIL import Image
@@ -72,7 +72,7 @@ def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Pa
         raise ValueError(f"{annotations}: no images")
     if images < 1:
         raise ValueError(f"--images must be at least 1, got {images}")
-    judge = Judge.from_annotations(annotated, synonyms)
+    judge = Judge.from_annotations(annotated, synonyms, attributes=attributes)
     chosen: list[AnnotatedImage] = sorted(random.Random(seed).sample(annotated, min(images, len(annotated))),
                                           key=lambda image: image.file)
     engine = GenerationEngine.from_checkpoint(model, batch_size=batch_size)
@@ -117,7 +117,8 @@ def make_pairs(model: str | Path, annotations: Path, image_folder: Path, out: Pa
                 lines.append(pair_line(f"{pair_id}-exists-{number}", pair.image, _existence_question(name), right, wrong))
                 counts["existence_pairs"] += 1
     summary = {"model": str(model), "annotations": str(annotations), "image_folder": str(image_folder),
-               "decoding": decoding.describe(), "prompt": prompt, "seed": seed, **counts}
+               "decoding": decoding.describe(), "prompt": prompt, "seed": seed, "attributes_judged": attributes,
+               **counts}
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_lines_atomic(out.with_name(out.stem + ".details.jsonl"), details)
     partial = out.with_name(out.stem + f".summary.json.partial-{os.getpid()}")
@@ -142,7 +143,7 @@ def _cmd_pairs(args: argparse.Namespace) -> int:
     summary = make_pairs(args.model, annotations, image_folder, Path(args.out), synonyms=synonyms, images=args.images,
                          temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
                          batch_size=args.batch_size, prompt=args.prompt, existence_pairs=args.existence_pairs,
-                         progress=not args.quiet)
+                         attributes=not args.objects_only, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     if not summary["pairs"]:
         print(f"no pair could be made from {summary['images']} descriptions (none named an object the annotations "
@@ -169,6 +170,8 @@ def add_pairs_subcommand(data_subparsers, formatter_class) -> None:
     parser.add_argument("--existence-pairs", action="store_true",
                         help="also ask POPE's existence question of each hallucinated object (No preferred) and of "
                              "one present object (Yes preferred)")
+    parser.add_argument("--objects-only", action="store_true",
+                        help="judge and correct object names only, not attributes (colour, size, position, ...)")
     parser.add_argument("--seed", type=int, default=0, help="which images, and the sampling")
     parser.add_argument("--batch-size", type=int, default=32, help="descriptions generated together")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

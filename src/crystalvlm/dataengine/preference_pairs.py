@@ -68,7 +68,10 @@ class Judge:
     cooccurrence: dict[str, Counter] = field(default_factory=dict)  # object -> objects seen with it
 
     @classmethod
-    def from_annotations(cls, images: list[AnnotatedImage], synonyms: Path | None = None) -> "Judge":
+    def from_annotations(cls, images: list[AnnotatedImage], synonyms: Path | None = None,
+                         attributes: bool = True) -> "Judge":
+        """The vocabulary and co-occurrence of the annotations; `attributes` False judges objects only
+        (attribute words are then never marked wrong nor corrected)."""
         names = sorted({object_name(o) for image in images for o in image.objects})
         if synonyms is not None:
             vocabulary = ObjectVocabulary.from_synonyms_file(synonyms)
@@ -84,7 +87,7 @@ class Judge:
             for name in present:
                 cooccurrence.setdefault(name, Counter()).update(present - {name})
         # An attribute whose values are object names (or that no sentence could state) is not judged.
-        values = {k: v for k, v in values.items() if v and not v & set(vocabulary.canonical_of)}
+        values = {k: v for k, v in values.items() if v and not v & set(vocabulary.canonical_of)} if attributes else {}
         return cls(vocabulary, values, cooccurrence)
 
     def canonical(self, obj: dict) -> str:

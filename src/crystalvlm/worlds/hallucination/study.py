@@ -139,7 +139,8 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
             make_pairs(finetuned, annotations, image_folder, pairs, synonyms=synonyms,
                        images=int(options.get("images", 400)), temperature=float(options.get("temperature", 0.7)),
                        max_new_tokens=int(options.get("max_new_tokens", 96)), seed=seed, batch_size=batch_size,
-                       existence_pairs=bool(options.get("existence_pairs", False)))
+                       existence_pairs=bool(options.get("existence_pairs", False)),
+                       attributes=bool(options.get("attributes", True)))
         pairs_summary = json.loads(summary_file.read_text())
         timings["pairs_s"] = time.time() - mark
 
