@@ -187,10 +187,12 @@ def _add_data(sub) -> None:
     from crystalvlm.data.curation.commands import add_curation_subcommands
     from crystalvlm.dataengine.commands import add_vigc_subcommand
     from crystalvlm.dataengine.curation_commands import add_data_subcommands
+    from crystalvlm.dataengine.pairs_command import add_pairs_subcommand
 
     add_vigc_subcommand(data)
     add_curation_subcommands(data)  # clean, balance
     add_data_subcommands(data)  # parrot, caption
+    add_pairs_subcommand(data, HelpFormatter)  # HA-DPO pairs
 
 
 # ----------------------------------------------------------------------------- quickstart
@@ -205,7 +207,8 @@ def _add_quickstart(sub) -> None:
     parser = sub.add_parser("quickstart", help="the whole pipeline on a CPU with nothing to download",
                             formatter_class=HelpFormatter)
     parser.add_argument("--out", default="runs/quickstart", help="output folder (a rerun continues a killed run)")
-    parser.add_argument("--world", choices=["shapes", "web"], default="shapes", help="the synthetic world")
+    parser.add_argument("--world", choices=["shapes", "web", "hallucination"], default="shapes",
+                        help="the synthetic world (hallucination: the study of every hallucination mitigation)")
     parser.add_argument("--scale", choices=["full", "smoke"], default="full",
                         help="smoke: a reduced run for tests (minutes become seconds, scores mean little)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")

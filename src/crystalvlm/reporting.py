@@ -62,6 +62,17 @@ class HtmlReport:
                          f"<div>{text}</div></div>")
         self.parts.append('<div class="examples">' + "".join(cells) + "</div>")
 
+    def marked_examples(self, items: list[tuple[bytes, list[list[tuple[str, bool]]]]]) -> None:
+        """Like `examples`, with each caption given as lines of (text, marked) pieces; marked pieces
+        (hallucinated words, say) are highlighted."""
+        cells = []
+        for png, lines in items:
+            text = "<br>".join("".join(f"<mark>{html.escape(piece)}</mark>" if marked else html.escape(piece)
+                                       for piece, marked in line) for line in lines)
+            cells.append(f'<div class="example"><img src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                         f"<div>{text}</div></div>")
+        self.parts.append('<div class="examples">' + "".join(cells) + "</div>")
+
     def write(self, path: Path) -> Path:
         body = "\n".join(self.parts)
         path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"

@@ -108,13 +108,23 @@ def environment() -> dict[str, object]:
 
 def write_provenance(run_dir: Path, seed: int, data_files: list[Path], image_folders: list[Path],
                      cache_dir: Path | None = None) -> dict:
+    """RUN/provenance.json. Data of stages run earlier into the same folder (a later stage run on its
+    own, e.g. a dpo stage on pairs made after the previous stage) is kept beside this run's."""
+    path = run_dir / "provenance.json"
+    earlier: dict = {}
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            earlier = {}
     record = {
         "seed": seed,
         "environment": environment(),
-        "data_files": {str(p): sha256_file(p) for p in data_files},
-        "image_folders": {str(p): sha256_folder(p, cache_dir) for p in image_folders},
+        "data_files": {**earlier.get("data_files", {}), **{str(p): sha256_file(p) for p in data_files}},
+        "image_folders": {**earlier.get("image_folders", {}),
+                          **{str(p): sha256_folder(p, cache_dir) for p in image_folders}},
     }
-    _write_atomically(run_dir / "provenance.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    _write_atomically(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 

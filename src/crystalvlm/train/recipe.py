@@ -18,6 +18,7 @@ import yaml
 PARTS = ("vision", "projector", "llm")
 ADAPTER_PARTS = ("llm", "vision")  # the projector always trains fully, as in LLaVA's LoRA scripts
 QUANTIZE = (None, "4bit")  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, GPUs only)
+STAGE_KINDS = ("sft", "dpo")  # next-token training on conversations; preference optimisation on pairs
 
 
 @dataclass
@@ -82,8 +83,17 @@ class StageConfig:
     # A full LLaVA model to start from (a checkpoint folder or a Hub id in the HF cache) instead of the
     # recipe's parts (a first stage) or the previous stage's final checkpoint (a later stage).
     init_from: str | None = None
+    # sft: next-token loss on conversations. dpo: direct preference optimisation on pairs (TRL's vision
+    # DPO layout) against a frozen reference, the model the stage starts from; `beta` scales the margin.
+    kind: str = "sft"
+    beta: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage {self.name!r}: kind must be one of {', '.join(STAGE_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta <= 0:
+            raise ValueError(f"stage {self.name!r}: beta must be a positive number, got {self.beta!r}")
+        self.beta = float(self.beta)
         unknown = set(self.tunable) - set(PARTS)
         if unknown:
             raise ValueError(f"stage {self.name!r}: unknown tunable parts {sorted(unknown)}; parts are {PARTS}")

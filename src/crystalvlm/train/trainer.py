@@ -11,13 +11,14 @@ A stage runs as named steps, each a function below, in this order:
     accelerator   one per stage, in the stage's precision        (stage_accelerator)
     build_or_load the recipe's model, the stage's init_from model, or the previous stage's checkpoint
     adapters      LoRA / QLoRA / Partial LoRA on the stage's `lora.parts`, if it has `lora` (adapters)
-    check_data    every record checked before any step; bad ones reported
+    check_data    every record (a dpo stage: every pair) checked before any step; bad ones reported
     freeze        the stage's freeze policy; what trains is written and printed; frozen parts
                   stored in the compute dtype
     memory        estimated memory per GPU for this launch, printed; refused if it cannot fit
     anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
     plan_steps    batches per epoch, total and warm-up steps
     optimise      AdamW over the trained parts, cosine schedule
+    reference     a dpo stage: the starting model's log-probs of every pair (train/preference.py)
     resume        model, optimizer, scheduler and RNG from the latest resume state
     loop          the optimizer steps, with resume states every `save_every`
     save          the final Hugging Face checkpoint (merged, or the adapter folder: see adapters)
@@ -48,13 +49,14 @@ from crystalvlm.data.records import RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX, get_template
 from crystalvlm.models.build import ModelSpec, build_llava
-from crystalvlm.models.checkpoint import CheckpointInfo, load_checkpoint, resolve_model, save_checkpoint
+from crystalvlm.models.checkpoint import CheckpointInfo, checkpoint_revision, load_checkpoint, resolve_model, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.memory_estimate import check_stage_memory
-from crystalvlm.train.provenance import start_provenance
+from crystalvlm.train.preference import DpoObjective, PreferenceDataset, collate_pairs, prepare_pairs, reference_logps
+from crystalvlm.train.provenance import sha256_file, start_provenance
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.resume_state import latest_resume_state, load_resume_state, save_resume_state
 from crystalvlm.train.stage_accelerator import stage_accelerator
@@ -148,6 +150,22 @@ def _sources(recipe: Recipe, stage: StageConfig, options: TrainOptions) -> list[
     return sources
 
 
+@dataclass
+class NextTokenObjective:
+    """A sft stage's loss: summed cross entropy over trained tokens; the loop divides by the trained
+    tokens of the whole global batch."""
+
+    unit: str = "tokens"
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def loss_sum(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+        return _ce_sum(logits, batch["labels"]), {}
+
+
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed next-token cross entropy over trained tokens. logits (B, T, V), labels (B, T)."""
     shifted_logits = logits[:, :-1, :].float()  # (B, T-1, V)
@@ -209,29 +227,54 @@ def adapters(run: StageRun, model, processor, init_from: Path | None):
     return model
 
 
-def check_data(run: StageRun, model, processor) -> tuple[ConversationDataset, list[RecordProblem]]:
-    """Every record encoded and checked before any step, in parallel and cached by content (a second
-    run on the same data skips it); bad ones listed in data_problems.jsonl. The first process of each
-    machine checks and fills the cache, using all its CPUs; the others then read the cache."""
+def check_data(run: StageRun, model, processor):
+    """Every record (or, in a dpo stage, every pair) encoded and checked before any step; bad ones
+    listed in data_problems.jsonl. Returns (ConversationDataset or PreferenceDataset, problems).
+    Records are checked in parallel and cached by content (a second run on the same data skips the
+    check): the first process of each machine checks and fills the cache, using all its CPUs; the
+    others then read the cache."""
     encoder = SampleEncoder.from_processor(processor, model.config, get_template(run.stage.template),
                                            run.recipe.image_mode, max_length=run.stage.max_length)
-    started = time.perf_counter()
-    with run.accelerator.local_main_process_first():
-        prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder,
-                                   progress=run.options.progress and run.accelerator.is_main_process,
-                                   workers=default_check_workers(shared=False),
-                                   cache=CheckCache())
-    if run.accelerator.is_main_process:
-        summary = {"seconds": round(time.perf_counter() - started, 3), "records": len(prepared.items) + len(prepared.problems),
-                   "bad": len(prepared.problems), "cached_sources": [str(path) for path in prepared.cached]}
-        (run.folder / "data_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+    progress = run.options.progress and run.accelerator.is_main_process
+    if run.stage.kind == "dpo":
+        prepared = prepare_pairs(_sources(run.recipe, run.stage, run.options), encoder, progress=progress)
+        dataset, usable = PreferenceDataset(prepared, encoder), prepared.pairs
+    else:
+        started = time.perf_counter()
+        with run.accelerator.local_main_process_first():
+            prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder, progress=progress,
+                                       workers=default_check_workers(shared=False), cache=CheckCache())
+        if run.accelerator.is_main_process:
+            summary = {"seconds": round(time.perf_counter() - started, 3),
+                       "records": len(prepared.items) + len(prepared.problems), "bad": len(prepared.problems),
+                       "cached_sources": [str(path) for path in prepared.cached]}
+            (run.folder / "data_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+        dataset, usable = ConversationDataset(prepared, encoder), prepared.items
     _report_problems(run, prepared.problems)
     if prepared.problems and run.options.strict:
         reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)
         raise BadDataError(f"--strict: {len(prepared.problems)} bad record(s), nothing trained: {dict(reasons)}")
-    if not prepared.items:
-        raise BadDataError(f"stage {run.stage.name!r}: no usable record")
-    return ConversationDataset(prepared, encoder), prepared.problems
+    if not usable:
+        raise BadDataError(f"stage {run.stage.name!r}: no usable {'pair' if run.stage.kind == 'dpo' else 'record'}")
+    return dataset, prepared.problems
+
+
+def reference(run: StageRun, model, dataset, pad_token_id: int, init_from: Path | None):
+    """The stage's objective: next-token loss, or (dpo) DPO against the starting model, whose log-probs
+    of every pair are computed now, before any step and before a resume state is loaded."""
+    if run.stage.kind != "dpo":
+        return NextTokenObjective()
+    sources = _sources(run.recipe, run.stage, run.options)
+    key = {"pairs": {str(s.file): sha256_file(s.file) for s in sources},
+           "start": str(init_from) if init_from is not None else "recipe model",
+           "start_revision": checkpoint_revision(init_from) if init_from is not None else None,
+           "template": run.stage.template, "max_length": run.stage.max_length}
+    with run.accelerator.autocast():  # the precision the loop's policy log-probs are computed in
+        values = reference_logps(run.accelerator.unwrap_model(model), dataset, run.folder, key, run.stage.batch_size,
+                                 pad_token_id, run.accelerator.device,
+                                 progress=run.options.progress and run.accelerator.is_main_process)
+    run.say(f"stage {run.stage.name}: dpo on {len(dataset)} pairs, beta {run.stage.beta}, reference = the stage's start")
+    return DpoObjective(run.stage.beta, values)
 
 
 def freeze(run: StageRun, model) -> list[dict]:
@@ -294,7 +337,7 @@ def resume(run: StageRun, unwrapped_model, optimizer, scheduler) -> int:
     return start_step
 
 
-def _micro_batch_loader(run: StageRun, dataset: ConversationDataset, plan: StepPlan, start_step: int,
+def _micro_batch_loader(run: StageRun, dataset, plan: StepPlan, start_step: int,
                         pad_token_id: int) -> torch.utils.data.DataLoader:
     """This rank's micro-batches from `start_step` on: a pure function of (seed, step)."""
     stage, accelerator = run.stage, run.accelerator
@@ -319,13 +362,14 @@ def _micro_batch_loader(run: StageRun, dataset: ConversationDataset, plan: StepP
     # would shift every later dropout mask (LoRA's dropout) between a resumed and an uninterrupted run.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=list(rank_micro_batches()), num_workers=run.options.num_workers,
-        collate_fn=partial(collate_conversations, pad_token_id=pad_token_id),
+        collate_fn=partial(collate_pairs if run.stage.kind == "dpo" else collate_conversations,
+                           pad_token_id=pad_token_id),
         generator=torch.Generator().manual_seed(run.recipe.seed + start_step),
     )
 
 
 def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches, plan: StepPlan,
-         start_step: int) -> float | None:
+         start_step: int, objective=None) -> float | None:
     """The optimizer steps from `start_step`; returns the last step's loss (None if none ran)."""
     from tqdm.auto import tqdm
 
@@ -334,28 +378,31 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
     batches = iter(batches)
     bar = tqdm(total=plan.total_steps, initial=start_step, desc=f"train {stage.name}",
                disable=not (run.options.progress and accelerator.is_main_process))
+    objective = objective or NextTokenObjective()
     started = time.time()
     loss_value = None
     for step in range(start_step, plan.total_steps):
         step_started = time.time()
         micro_batches = [next(batches) for _ in range(stage.grad_accum)]
-        # Normalise by the trained tokens of the whole global batch (all ranks, all micro-batches).
-        local_counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches),
+        # Normalise by the objective's units (trained tokens, or pairs) of the whole global batch
+        # (all ranks, all micro-batches).
+        local_counts = torch.tensor([sum(objective.units(b) for b in micro_batches),
                                      sum(int(b["attention_mask"].sum()) for b in micro_batches)],
-                                    device=accelerator.device)  # (trained tokens, input tokens)
+                                    device=accelerator.device)  # (units, input tokens)
         global_tokens, global_input_tokens = accelerator.reduce(local_counts, "sum").tolist()
         step_loss = torch.zeros((), device=accelerator.device)
+        step_stats: dict[str, torch.Tensor] = {}
         for index, batch in enumerate(micro_batches):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            labels = batch.pop("labels")
             sync = index == len(micro_batches) - 1
             context = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
             with context, accelerator.autocast():
-                logits = model(**batch, use_cache=False).logits  # (B, T, V)
-                loss_sum = _ce_sum(logits, labels)
+                loss_sum, stats = objective.loss_sum(model, batch)
                 # DDP averages gradients over ranks, hence the factor `world`.
                 accelerator.backward(loss_sum * world / max(global_tokens, 1))
             step_loss += loss_sum.detach()
+            for name, value in stats.items():
+                step_stats[name] = step_stats.get(name, 0) + value.detach().float()
         # The optimizer's own groups: FSDP swaps in its sharded parameters when it wraps the model.
         grad_norm = accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                                 stage.max_grad_norm)
@@ -364,6 +411,8 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = accelerator.reduce(step_loss, "sum").item() / max(global_tokens, 1)
+        extra = {name: round(accelerator.reduce(value, "sum").item() / max(global_tokens, 1), 6)
+                 for name, value in step_stats.items()}
         tokens_per_s = global_input_tokens / max(time.time() - step_started, 1e-9)
         done = step + 1
         if accelerator.is_main_process:
@@ -371,7 +420,7 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if done % stage.log_every == 0 or done == plan.total_steps:
                 lr_per_part = {g["part"]: g["lr"] for g in optimizer.param_groups}
-                record = {"step": done, "loss": round(loss_value, 6), "tokens": global_tokens,
+                record = {"step": done, "loss": round(loss_value, 6), objective.unit: global_tokens, **extra,
                           "grad_norm": round(float(grad_norm), 6), "lr": lr_per_part,
                           "elapsed_s": round(time.time() - started, 3), "tokens_per_s": round(tokens_per_s, 1)}
                 with open(run.metrics_path, "a") as handle:
@@ -441,13 +490,14 @@ def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_
     plan = plan_steps(run, dataset)
     optimizer, scheduler = optimise(groups, plan)
     model, optimizer = accelerator.prepare(model, optimizer)
+    objective = reference(run, model, dataset, processor.tokenizer.pad_token_id, init_from)  # before resume: the start
     start_step = resume(run, accelerator.unwrap_model(model), optimizer, scheduler)
 
     if options.report_to:
         accelerator.init_trackers(recipe.name, config=tracker_config(recipe, stage.name),
                                   init_kwargs=tracker_init_kwargs(options.run_dir.name, stage.name))
     batches = _micro_batch_loader(run, dataset, plan, start_step, processor.tokenizer.pad_token_id)
-    final_loss = loop(run, model, optimizer, scheduler, groups, batches, plan, start_step)
+    final_loss = loop(run, model, optimizer, scheduler, groups, batches, plan, start_step, objective)
     if anchor is not None:
         anchor.remove()
     checkpoint = save(run, model, processor)

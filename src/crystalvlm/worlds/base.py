@@ -180,6 +180,11 @@ class World(ABC):
         """The metrics of `task` as the report shows them."""
         return dict(metrics)
 
+    def quickstart(self, out: Path, scale: str, seed: int, batch_size: int) -> dict | None:
+        """A world whose quickstart is a pipeline of its own (a study) runs it here and returns its
+        report; None (the default) runs the common pipeline of `worlds.quickstart`."""
+        return None
+
     @abstractmethod
     def add_to_report(self, report: dict, context: WorldContext) -> None:
         """World-specific entries of report.json (a verdict, counts, examples)."""

@@ -69,6 +69,9 @@ def run_quickstart(out: Path, world: str = "shapes", scale: str = "full", seed: 
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     chosen = get_world(world)
+    own = chosen.quickstart(Path(out), scale, seed, batch_size)
+    if own is not None:
+        return own
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

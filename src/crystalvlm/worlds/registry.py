@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from crystalvlm.worlds.base import World
+from crystalvlm.worlds.hallucination.world import HallucinationWorld
 from crystalvlm.worlds.shapes.world import ShapesWorld
 from crystalvlm.worlds.web.world import WebWorld
 
-WORLDS: dict[str, World] = {world.name: world for world in (ShapesWorld(), WebWorld())}
+WORLDS: dict[str, World] = {world.name: world for world in (ShapesWorld(), WebWorld(), HallucinationWorld())}
 
 
 def get_world(name: str) -> World:

@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 from crystalvlm.worlds.shapes.scenes import (
-    POSITION_PHRASES, PLURALS, Scene, SceneObject, article, number_word,
+    POSITION_PHRASES, PLURALS, Scene, SceneObject, article, column_of, number_word, row_of,
 )
 
 def yes_no(answer: bool) -> str:
@@ -87,10 +87,14 @@ def align_caption(scene: Scene, rng: random.Random) -> str:
     return f"{'a single shape' if n == 1 else number_word(n) + ' shapes'}: {base}"
 
 
-def detailed_description(scene: Scene) -> str:
-    n = len(scene.objects)
+def detailed_description(scene: Scene, extra: tuple[SceneObject, ...] = ()) -> str:
+    """'The image shows two shapes on a light gray background. A small red circle is at the top
+    left. ...': one sentence per object in reading order, then the written text. `extra` objects
+    (not in the scene) are described as if they were: a describer's hallucinations."""
+    objects = sorted(scene.objects + tuple(extra), key=lambda o: (row_of(o), column_of(o)))
+    n = len(objects)
     sentences = [f"The image shows {'one shape' if n == 1 else number_word(n) + ' shapes'} on a light gray background."]
-    for obj in scene.reading_order():
+    for obj in objects:
         sentences.append(f"{article(obj.size).capitalize()} {obj.size} {obj.color} {obj.shape} is {POSITION_PHRASES[obj.position]}.")
     if scene.text is not None:
         where = "at the top" if scene.text_bbox[1] < scene.image_size / 3 else "at the bottom"

@@ -26,7 +26,8 @@ from crystalvlm.worlds.shapes.questions import (
     SHORT_ANSWER_PROMPT, TASKS, YES_NO_PROMPT, Context, LabelBalancer, existence_qa, format_options, shuffled_options,
 )
 from crystalvlm.worlds.shapes.scenes import (
-    COLORS, CORNERS, PLURALS, SHAPES, SIDES, STAR_POINTS, Scene, ShapeStatistics, article, number_word,
+    COLORS, CORNERS, PLURALS, POSITIONS, SHAPES, SIDES, SIZES, STAR_POINTS, Scene, SceneObject, ShapeStatistics,
+    article, number_word,
 )
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class FinetuneMix:
     conversation: float = 0.09
     text_only: float = 0.05
     records_per_image: float = 2.0
+    # Share of detailed descriptions that name one absent object as if it were there (the shape that
+    # co-occurs most with the present ones): the hallucinations of machine-written instruction data.
+    description_noise: float = 0.0
 
     def __post_init__(self) -> None:
         for name in TASKS:
@@ -58,13 +62,17 @@ class FinetuneMix:
             raise ValueError("FinetuneMix needs a positive weight on at least one image task")
         if not isinstance(self.records_per_image, (int, float)) or self.records_per_image <= 0:
             raise ValueError(f"FinetuneMix.records_per_image must be positive, got {self.records_per_image!r}")
+        if not 0.0 <= self.description_noise <= 1.0:
+            raise ValueError(f"FinetuneMix.description_noise must be in [0, 1], got {self.description_noise!r}")
 
     def shares(self) -> dict[str, float]:
         total = sum(getattr(self, name) for name in TASKS)
         return {name: getattr(self, name) / total for name in TASKS}
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # description_noise only when on, so a plain world's manifest reads as it always did
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "description_noise" or self.description_noise}
 
 
 
@@ -136,7 +144,30 @@ def existence_turns(ctx: Context) -> list[tuple[str, str]] | None:
     return turns or None
 
 
-def image_task_turns(task: str, ctx: Context) -> list[tuple[str, str]] | None:
+def hallucinated_object(scene: Scene, stats: ShapeStatistics, rng: random.Random) -> SceneObject | None:
+    """An object a biased describer would add: the absent shape that co-occurs most with the present
+    ones, of a random colour and size, in a free cell (None when no cell is free)."""
+    taken = {obj.position for obj in scene.objects}
+    if scene.text_bbox is not None:  # the text's row holds no object
+        taken |= set(POSITIONS[:3] if scene.text_bbox[1] < scene.image_size / 3 else POSITIONS[6:])
+    free = [position for position in POSITIONS if position not in taken]
+    absent = stats.adversarial_ranking(scene.present_shapes())
+    if not free or not absent:
+        return None
+    return SceneObject(absent[0], rng.choice(tuple(COLORS)), rng.choice(SIZES), (0, 0, 0, 0), rng.choice(free),
+                       extent=0, origin=(0, 0))
+
+
+def noisy_description(ctx: Context, noise: float) -> str:
+    """The scene's detailed description; with probability `noise` it also names one absent object."""
+    if noise > 0 and ctx.rng.random() < noise:
+        extra = hallucinated_object(ctx.scene, ctx.stats, ctx.rng)
+        if extra is not None:
+            return detailed_description(ctx.scene, (extra,))
+    return detailed_description(ctx.scene)
+
+
+def image_task_turns(task: str, ctx: Context, description_noise: float = 0.0) -> list[tuple[str, str]] | None:
     """The (human, gpt) turns of one finetune record of `task` on the context's scene, or None."""
     rng, scene = ctx.rng, ctx.scene
     if task == "existence":
@@ -144,7 +175,7 @@ def image_task_turns(task: str, ctx: Context) -> list[tuple[str, str]] | None:
     if task == "caption":
         return [(CAPTION_PROMPT, sentence_caption(scene))]
     if task == "detail":
-        return [(rng.choice(DETAIL_PROMPTS), detailed_description(scene))]
+        return [(rng.choice(DETAIL_PROMPTS), noisy_description(ctx, description_noise))]
     if task == "conversation":
         families = ["existence", "counting", "color", "position"] + (["ocr"] if scene.text is not None else [])
         turns = []
@@ -153,7 +184,7 @@ def image_task_turns(task: str, ctx: Context) -> list[tuple[str, str]] | None:
             if qa is not None:
                 turns.append((qa.question, qa.sentence))
         if rng.random() < 0.25:
-            turns.insert(0, ("Describe the image.", detailed_description(scene)))
+            turns.insert(0, ("Describe the image.", noisy_description(ctx, description_noise)))
         return turns if len(turns) >= 2 else None
     qa = _generate(task, ctx)
     if qa is None:
@@ -304,7 +335,7 @@ def build_finetune_records(
         turns = None
         for _ in range(20):
             task = rng.choices(tasks, weights=task_w)[0]
-            turns = image_task_turns(task, ctx)
+            turns = image_task_turns(task, ctx, mix.description_noise)
             if turns is not None:
                 break
         if turns is None:  # every scene has a caption

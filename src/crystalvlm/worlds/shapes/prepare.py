@@ -23,9 +23,13 @@ def _timed(work):
     return result, time.time() - started
 
 
-def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: bool = True) -> dict:
+def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: bool = True,
+                       world_name: str = "shapes", data_options: dict | None = None) -> dict:
     """Write the world, train the tokenizer, pretrain the tiny CLIP and LM; return what was done
-    (`prepared.json`'s record: settings, seed, steps, timings, clip and lm figures)."""
+    (`prepared.json`'s record: settings, seed, steps, timings, clip and lm figures).
+
+    `world_name` is the `prepare.world` the settings must name; `data_options` are further keyword
+    arguments of `write_shapes_world` (a variant world's mix and scene configs)."""
     from transformers import AutoTokenizer
 
     from crystalvlm.worlds.parts.clip import pretrain_tiny_clip, warn_if_contrastive_chance
@@ -33,8 +37,8 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
     from crystalvlm.worlds.shapes.writer import write_shapes_world
 
-    if settings.get("world", "shapes") != "shapes":
-        raise ValueError(f"prepare_tiny_world: settings.world must be 'shapes', got {settings.get('world')!r}")
+    if settings.get("world", "shapes") != world_name:
+        raise ValueError(f"prepare_tiny_world: settings.world must be {world_name!r}, got {settings.get('world')!r}")
     world = Path(world)
     folder = PreparedFolder(world, settings, seed).open()
     parts = world / "parts"
@@ -44,7 +48,8 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
         partial = world / f"data.partial-{os.getpid()}"
         _, seconds = _timed(lambda: write_shapes_world(partial, n_train=int(settings["n_train"]),
                                                         n_eval=int(settings["n_eval"]), seed=seed,
-                                                        image_size=int(settings["image_size"]), progress=progress))
+                                                        image_size=int(settings["image_size"]), progress=progress,
+                                                        **(data_options or {})))
         move_children(partial, world)
         return {"seconds": seconds}
 

@@ -327,8 +327,23 @@ class SceneConfig:
     theme_strength: float = 0.8  # chance that an object's shape comes from the scene's theme
     large_probability: float = 0.5
     text_kind_weights: tuple[tuple[str, float], ...] = (("word", 0.5), ("number", 0.25), ("expression", 0.25))
+    # Biases beyond the themes, off by default (a world that hallucinates turns them on):
+    # `partners` (shape, partner): a scene holding the shape also holds the partner with
+    # `partner_probability`; `frequent_shape` is put into a scene with `frequent_probability`.
+    partners: tuple[tuple[str, str], ...] = ()
+    partner_probability: float = 0.0
+    frequent_shape: str | None = None
+    frequent_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        for pair in self.partners:
+            if len(pair) != 2 or not set(pair) <= set(SHAPES) or pair[0] == pair[1]:
+                raise ValueError(f"SceneConfig.partners: each entry is two different shapes of the world, got {pair!r}")
+        if self.frequent_shape is not None and self.frequent_shape not in SHAPES:
+            raise ValueError(f"SceneConfig.frequent_shape {self.frequent_shape!r} is not a shape; known: {', '.join(SHAPES)}")
+        for name in ("partner_probability", "frequent_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.text_probability <= 1.0:
             raise ValueError(f"SceneConfig.text_probability must be in [0, 1], got {self.text_probability}")
         if not 0.0 <= self.theme_strength <= 1.0:
@@ -358,7 +373,39 @@ class SceneConfig:
             "theme_strength": self.theme_strength,
             "large_probability": self.large_probability,
             "text_kind_weights": dict(self.text_kind_weights),
+            # The biases are listed only when on, so a plain world's manifest reads as it always did.
+            **({"partners": [list(p) for p in self.partners], "partner_probability": self.partner_probability}
+               if self.partners and self.partner_probability else {}),
+            **({"frequent_shape": self.frequent_shape, "frequent_probability": self.frequent_probability}
+               if self.frequent_shape and self.frequent_probability else {}),
         }
+
+    @property
+    def biased(self) -> bool:
+        return bool((self.partners and self.partner_probability) or (self.frequent_shape and self.frequent_probability))
+
+    def apply_biases(self, shapes: list[str], rng: random.Random) -> list[str]:
+        """`shapes` with the frequent shape and the partners put in (drawing from `rng` only when a
+        bias is on, so unbiased scenes are the same as without this step). A shape that comes in
+        takes a free slot while there is one (at most MAX_OBJECTS), else replaces another shape."""
+        if not self.biased:
+            return shapes
+        shapes = list(shapes)
+
+        def put(shape: str, keep: set[str]) -> None:
+            if len(shapes) < MAX_OBJECTS:
+                shapes.append(shape)
+                return
+            replaceable = [i for i, s in enumerate(shapes) if s not in keep]
+            if replaceable:
+                shapes[rng.choice(replaceable)] = shape
+
+        if self.frequent_shape and rng.random() < self.frequent_probability and self.frequent_shape not in shapes:
+            shapes[rng.randrange(len(shapes))] = self.frequent_shape
+        for shape, partner in self.partners:
+            if shape in shapes and partner not in shapes and rng.random() < self.partner_probability:
+                put(partner, {shape, self.frequent_shape or ""})
+        return shapes
 
 
 AUTO = "auto"
@@ -453,6 +500,7 @@ def sample_scene(
     for _ in range(10_000):
         shapes = [rng.choice(theme_shapes) if rng.random() < config.theme_strength else rng.choice(SHAPES)
                   for _ in range(n_objects)]
+        shapes = config.apply_biases(shapes, rng)
         if len(set(shapes)) >= min_distinct_shapes:
             break
     else:  # pragma: no cover - only reachable with a degenerate config
@@ -462,6 +510,7 @@ def sample_scene(
     cell = side / GRID
     text_row = rng.choice((0, GRID - 1)) if kind is not None else None
     free_cells = [(r, c) for r in range(GRID) for c in range(GRID) if r != text_row]
+    n_objects = len(shapes)  # a bias may have added a shape
     cells = rng.sample(free_cells, n_objects)
 
     objects = []

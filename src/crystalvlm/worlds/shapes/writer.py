@@ -112,6 +112,7 @@ def write_shapes_world(
     progress: bool = True,
     mix: FinetuneMix | None = None,
     scene_config: SceneConfig | None = None,
+    eval_scene_config: SceneConfig | None = None,
 ) -> dict:
     """Write the shapes world (training data, annotations, benchmarks, manifest) and return the manifest.
 
@@ -119,6 +120,8 @@ def write_shapes_world(
     n_eval: held-out size: POPE/CHAIR images (6 POPE questions each per split), ScienceQA problems,
         TextVQA questions; MME gets ceil(n_eval / 5) images (2 questions each) per subtask.
     mix: finetune task shares (FinetuneMix()); scene_config: how scenes are drawn (SceneConfig()).
+    eval_scene_config: how held-out scenes are drawn (default: as training scenes); a world whose
+        training scenes carry biases draws its benchmarks without them, so a learnt bias shows.
     A folder holding a previous shapes world is overwritten; any other non-empty folder is refused.
     """
     out_dir = Path(out_dir)
@@ -162,7 +165,8 @@ def write_shapes_world(
                {"image_root": "images", "images": [s.to_annotation(f) for s, f in zip(train_scenes, train_images)]})
 
     # ---- held-out benchmarks (no scene renders like a training image)
-    source = EvalSceneSource(seed, image_size, scene_config, {scene.signature() for scene in train_scenes})
+    eval_scene_config = eval_scene_config or scene_config
+    source = EvalSceneSource(seed, image_size, eval_scene_config, {scene.signature() for scene in train_scenes})
     n_mme = mme_images_per_subtask(n_eval)
     total_eval = n_eval + n_mme * len(MME_SUBTASKS) + 2 * n_eval
     with tqdm(total=total_eval, desc="shapes: benchmarks", disable=not progress) as bar:
@@ -198,6 +202,7 @@ def write_shapes_world(
         "n_eval": n_eval,
         "vocabulary": {"shapes": list(SHAPES), "colors": list(COLORS)},
         "scene_config": scene_config.to_dict(),
+        **({"eval_scene_config": eval_scene_config.to_dict()} if eval_scene_config != scene_config else {}),
         "mix": mix.to_dict(),
         "paths": {
             "image_folder": "images", "train_images": f"images/{TRAIN_FOLDER}", "eval_images": eval_folder,
