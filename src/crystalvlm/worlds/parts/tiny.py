@@ -20,15 +20,24 @@ from crystalvlm.data.templates import IMAGE_PLACEHOLDER, TEMPLATES, Turn, all_te
 # highest token id instead of at the end marker.
 BASE_SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", IMAGE_PLACEHOLDER]
 
+# The templates a world's tokenizer knows. Fixed, not "every shipped template": the tokenizer trains
+# on the templates' scaffolding and reserves their markers, so a template added to the library would
+# otherwise change every world's tokenizer, hence its pretrained parts and its measured figures (a
+# tokenizer that also knew crystalchat's markers gave a quickstart model that never learned to look:
+# POPE 0.50 instead of 0.96, same data and seed).
+WORLD_TEMPLATES = ("plain", "vicuna_v1", "llama3", "chatml")
 
-def template_texts() -> list[str]:
-    """Every shipped template's scaffolding (system prompt, role names) around a one-word turn."""
+
+def template_texts(templates: Iterable[str] | None = None) -> list[str]:
+    """The scaffolding (system prompt, role names) of `templates` (default: every shipped template)
+    around a one-word turn."""
     turns = [Turn("user", "hello"), Turn("assistant", "yes"), Turn("user", "hello")]
-    return [template.prompt_text(turns) for template in TEMPLATES.values()]
+    chosen = TEMPLATES.values() if templates is None else [TEMPLATES[name] for name in templates]
+    return [template.prompt_text(turns) for template in chosen]
 
 
 def train_tiny_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1024,
-                         isolate_spaces: bool = False) -> PreTrainedTokenizerFast:
+                         isolate_spaces: bool = False, templates: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
     """Train, save to `out_dir` and return a byte-level BPE tokenizer.
 
     `isolate_spaces` makes every space a token of its own, so a word is the same token whether a
@@ -39,10 +48,16 @@ def train_tiny_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
 
     The templates' scaffolding is weighted like a quarter of the corpus, so their words become
     whole tokens as they are in a real LLM's vocabulary: without it Vicuna's system prompt alone
-    took ~100 tokens and doubled the length, and the cost, of every finetuning sample."""
+    took ~100 tokens and doubled the length, and the cost, of every finetuning sample.
+
+    `templates`: the templates whose scaffolding and markers the tokenizer knows (default: every
+    shipped template; the worlds pass WORLD_TEMPLATES)."""
+    templates = None if templates is None else tuple(templates)
     texts = list(texts)
-    texts += template_texts() * max(1, len(texts) // 4)
-    special = BASE_SPECIAL_TOKENS + [m for m in all_template_markers() if m not in BASE_SPECIAL_TOKENS]
+    texts += template_texts(templates) * max(1, len(texts) // 4)
+    markers = all_template_markers() if templates is None else [
+        m for name in templates for m in TEMPLATES[name].markers]
+    special = BASE_SPECIAL_TOKENS + [m for m in dict.fromkeys(markers) if m not in BASE_SPECIAL_TOKENS]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split(" ", behavior="isolated"), byte_level])

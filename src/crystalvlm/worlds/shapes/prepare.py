@@ -34,7 +34,7 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
 
     from crystalvlm.worlds.parts.clip import pretrain_tiny_clip, warn_if_contrastive_chance
     from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
-    from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
+    from crystalvlm.worlds.parts.tiny import WORLD_TEMPLATES, tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
     from crystalvlm.worlds.shapes.writer import write_shapes_world
 
     if settings.get("world", "shapes") != world_name:
@@ -59,7 +59,8 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     def train_tokenizer() -> dict:
         with staged(parts / "tokenizer") as out:
             _, seconds = _timed(lambda: train_tiny_tokenizer(corpus(), out,
-                                                             vocab_size=int(settings.get("tokenizer_vocab", 1024))))
+                                                             vocab_size=int(settings.get("tokenizer_vocab", 1024)),
+                                                             templates=WORLD_TEMPLATES))
         return {"seconds": seconds}
 
     def pretrain_clip() -> dict:

@@ -147,7 +147,10 @@ def _template_words() -> list[str]:
     """The fixed text the chat templates add (system prompts, role names), for the tokenizer."""
     from crystalvlm.data.templates import TEMPLATES
 
-    return [template.default_system for template in TEMPLATES.values() if template.default_system] + ["USER: ASSISTANT:"]
+    from crystalvlm.worlds.parts.tiny import WORLD_TEMPLATES
+
+    systems = [TEMPLATES[name].default_system for name in WORLD_TEMPLATES]
+    return [system for system in systems if system] + ["USER: ASSISTANT:"]
 
 
 READER_CAPTIONS = {"slots": page_slots, "summary": page_summary}
@@ -242,7 +245,7 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
 
     from crystalvlm.web2code.synth import write_web_world
     from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
-    from crystalvlm.worlds.parts.tiny import tiny_llm_config, train_tiny_tokenizer
+    from crystalvlm.worlds.parts.tiny import WORLD_TEMPLATES, tiny_llm_config, train_tiny_tokenizer
 
     world = Path(world)
     if settings.get("world", "web") != "web":
@@ -281,7 +284,8 @@ def prepare_tiny_web_world(world: Path, settings: dict, seed: int = 0, pool: Ren
         with staged(parts / "tokenizer") as out:
             train_tiny_tokenizer(_corpus(world) + _template_words(), out,
                                  vocab_size=int(settings.get("tokenizer_vocab", 1024)),
-                                 isolate_spaces=bool(settings.get("tokenizer_isolate_spaces", False)))
+                                 isolate_spaces=bool(settings.get("tokenizer_isolate_spaces", False)),
+                                 templates=WORLD_TEMPLATES)
         return {"seconds": time.time() - started}
 
     def pretrain_vision() -> dict:
