@@ -20,7 +20,7 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
-from crystalvlm.data.check_cache import cache_root
+from crystalvlm.data.check_cache import cache_root, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,7 @@ PACKAGES = ("crystalvlm", "torch", "transformers", "accelerate", "tokenizers", "
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path)  # the record-check cache's digest: one SHA-256 reader for the package
 
 
 def sha256_folder(folder: Path, cache_dir: Path | None = None) -> dict[str, object]:
