@@ -57,6 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         num_workers=args.num_workers,
         init_from=args.init_from,
+        fsdp=args.fsdp,
     )
     try:
         results = train_recipe(recipe, options)
@@ -90,6 +91,9 @@ def _add_train(sub) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--init-from", metavar="MODEL", help="the first stage run starts from this full LLaVA model "
                         "(a checkpoint folder or a Hub id in the HF cache) instead of composing parts")
+    parser.add_argument("--fsdp", action="store_true", help="fully shard the model over the processes of a "
+                        "distributed launch (torchrun; CPUs too) with the FSDP2 plugin configs/accelerate/fsdp.yaml "
+                        "describes; one process trains unsharded")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=_cmd_train)
 

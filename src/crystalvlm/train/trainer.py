@@ -53,6 +53,7 @@ from crystalvlm.models.checkpoint import CheckpointInfo, checkpoint_revision, lo
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
+from crystalvlm.train.fsdp import plain_module_classes, resume_shards
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.memory_estimate import check_stage_memory
 from crystalvlm.train.preference import DpoObjective, PreferenceDataset, collate_pairs, prepare_pairs, reference_logps
@@ -83,6 +84,7 @@ class TrainOptions:
     progress: bool = True
     num_workers: int = 0
     init_from: str | None = None  # a full model the first stage run starts from (over the stage's init_from)
+    fsdp: bool = False  # shard every stage with the FSDP plugin of configs/accelerate/fsdp.yaml (train/fsdp.py)
 
 
 @dataclass
@@ -330,7 +332,8 @@ def resume(run: StageRun, unwrapped_model, optimizer, scheduler) -> int:
         if run.accelerator.is_main_process and run.metrics_path.exists():
             run.metrics_path.unlink()
         return 0
-    start_step = load_resume_state(latest, unwrapped_model, optimizer, scheduler)
+    start_step = load_resume_state(latest, unwrapped_model, optimizer, scheduler,
+                                   resume_shards(run.accelerator, unwrapped_model, optimizer))
     run.say(f"resumed stage {run.stage.name} from {latest} at step {start_step}")
     if run.accelerator.is_main_process:
         _truncate_metrics(run.metrics_path, start_step)
@@ -429,8 +432,9 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
                                 step=done)
         if plan.save_every and done % plan.save_every == 0 and done < plan.total_steps:
             state = accelerator.get_state_dict(model)
-            if accelerator.is_main_process:
-                save_resume_state(run.resume_folder, done, state, optimizer, scheduler)
+            shards = resume_shards(accelerator, model, optimizer)  # FSDP: every rank writes its optimizer shard
+            if accelerator.is_main_process or shards is not None:
+                save_resume_state(run.resume_folder, done, state, optimizer, scheduler, shards=shards)
             accelerator.wait_for_everyone()
     bar.close()
     return loss_value
@@ -453,7 +457,8 @@ def save(run: StageRun, model, processor) -> Path:
         unwrapped.config.use_cache = True
         state = _in_save_dtype(run, unwrapped, state)
         # `state` is the full state dict gathered from every rank (FSDP shards it otherwise).
-        save_checkpoint(unwrapped, processor, final, _checkpoint_info(run), state_dict=state)
+        with plain_module_classes(unwrapped):  # FSDP: keys named as a plain run names them
+            save_checkpoint(unwrapped, processor, final, _checkpoint_info(run), state_dict=state)
     accelerator.wait_for_everyone()
     return final
 
@@ -477,7 +482,7 @@ def _in_save_dtype(run: StageRun, model, state: dict) -> dict:
 
 # ----------------------------------------------------------------------------- a stage, a recipe
 def train_stage(recipe: Recipe, stage: StageConfig, options: TrainOptions, init_from: Path | None) -> StageResult:
-    accelerator = stage_accelerator(stage, options.report_to, str(options.run_dir))
+    accelerator = stage_accelerator(stage, options.report_to, str(options.run_dir), fsdp=options.fsdp)
     run = StageRun(recipe, stage, options, accelerator)
     run.folder.mkdir(parents=True, exist_ok=True)
 
@@ -525,6 +530,9 @@ def train_recipe(recipe: Recipe, options: TrainOptions) -> list[StageResult]:
     """Run the recipe's stages in order; each starts from the previous stage's final checkpoint."""
     # The process group (torchrun) is set up once; each stage then gets its own accelerator.
     process = PartialState(cpu=not torch.cuda.is_available())
+    if options.fsdp and process.num_processes == 1 and process.is_main_process:
+        print("--fsdp: one process, nothing to shard over; training unsharded. Shard over N processes with "
+              "`torchrun --nproc_per_node N -m crystalvlm.cli train ... --fsdp`")
     options.run_dir.mkdir(parents=True, exist_ok=True)
     names = [s.name for s in recipe.stages]
     wanted = options.stages or names
