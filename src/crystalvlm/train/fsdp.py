@@ -124,15 +124,18 @@ def load_local_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, so
 
 
 def load_full_model_state(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Put a full (unsharded) state dict into a sharded model: each rank keeps its own slices."""
+    """Put rank 0's full (unsharded) state dict into a sharded model: rank 0 broadcasts each tensor
+    and every rank keeps its own slices. The other ranks pass an empty dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    result = set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-    trained = {name for name, p in model.named_parameters()}
-    missing = [name for name in result.missing_keys if name in trained]
-    if result.unexpected_keys or missing:
-        raise ValueError(f"resume weights do not match the model (missing {missing[:3]}, "
-                         f"unexpected {list(result.unexpected_keys)[:3]})")
+    expected = set(weights)
+    result = set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                            strict=False))
+    if expected:  # rank 0: the file must hold every parameter (trained or frozen) and nothing else
+        missing = [name for name, _ in model.named_parameters() if name not in expected]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"resume weights do not match the model (missing {missing[:3]}, "
+                             f"unexpected {list(result.unexpected_keys)[:3]})")
 
 
 def resume_shards(accelerator: Accelerator, model: torch.nn.Module, optimizer) -> Shards | None:

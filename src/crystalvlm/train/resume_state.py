@@ -40,7 +40,7 @@ class Shards:
     barrier: Callable[[], None]  # every rank waits here until all arrive
     local_optimizer_state: Callable[[], dict]  # this rank's optimizer shard, plain tensors only
     load_local_optimizer_state: Callable[[dict, Path], None]
-    load_full_weights: Callable[[dict[str, torch.Tensor]], None]  # full weights into the sharded model
+    load_full_weights: Callable[[dict[str, torch.Tensor]], None]  # rank 0's full weights into the sharded model
 
     def file_name(self, rank: int | None = None) -> str:
         return f"optimizer-rank{self.rank if rank is None else rank:05d}-of-{self.world:05d}.pt"
@@ -162,7 +162,8 @@ def load_resume_state(path: Path, model, optimizer, scheduler, shards: Shards | 
         local = None
     else:
         local = _load_trainer_state(path / shards.file_name())
-    weights = load_file(str(path / "model.safetensors"))
+    # Sharded: rank 0 alone reads the weights and broadcasts them (one host copy, not one per rank).
+    weights = load_file(str(path / "model.safetensors")) if shards is None or shards.rank == 0 else {}
     if shards is None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or [m for m in missing if m in dict(model.named_parameters())]:
