@@ -111,6 +111,9 @@ def test_two_process_fsdp_trains_like_one_process(recipes, fsdp_run, tmp_path):
     assert sharded.keys() == plain.keys()
     for name, value in plain.items():
         torch.testing.assert_close(sharded[name], value, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL, msg=name)
+    from crystalvlm.models.serving_compat import checkpoint_vllm_problems
+
+    assert checkpoint_vllm_problems(fsdp_run / "align/final") == []
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(fsdp_run / "align/final")
@@ -171,3 +174,17 @@ def test_an_fsdp_resume_state_is_refused_by_an_unsharded_launch(tmp_path):
     (state / "state.json").write_text(json.dumps({"step": 2, "optimizer_shards": 2}))
     with pytest.raises(ValueError, match="sharded \\(FSDP\\) run of 2 processes; this is an unsharded launch"):
         load_resume_state(state, model=None, optimizer=None, scheduler=None)
+
+
+def test_fsdp_without_a_distributed_launch_says_so_and_trains_unsharded(recipes, tmp_path, capsys):
+    from crystalvlm.train.recipe import load_recipe
+    from crystalvlm.train.trainer import TrainOptions, train_recipe
+
+    recipe = load_recipe(str(recipes["one"]))
+    train_recipe(recipe, TrainOptions(run_dir=tmp_path / "run", stages=["align"], max_steps=1, fsdp=True,
+                                      progress=False))
+    out = capsys.readouterr().out
+    assert "--fsdp: one process, nothing to shard over; training unsharded" in out
+    plan = json.loads((tmp_path / "run/align/memory_estimate.json").read_text())["plan"]
+    assert plan["sharding"] == "none" and plan["world_size"] == 1
+    assert (tmp_path / "run/align/final/model.safetensors").is_file()

@@ -19,8 +19,9 @@ accelerate's FSDP2 branches as on a GPU.
 
 What a sharded stage saves. The final checkpoint is the full state dict gathered on rank 0 (HF
 native). A resume state holds the gathered weights too, plus each rank's own shard of the AdamW
-state in a file of its own (`optimizer_shards` below): the moments of a parameter live only on the
-rank that holds its shard, so saving rank 0's optimizer alone would lose the others'.
+state in a file of its own (`resume_shards` below; the files: train/resume_state.py): a
+parameter's moments live only on the rank that holds its shard, so rank 0's optimizer alone would
+lose the others'.
 """
 
 from __future__ import annotations
