@@ -8,7 +8,9 @@ FSDP's no-sync), global micro-batch 4: one process of batch 4, or 2 ranks of bat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import subprocess
@@ -24,8 +26,8 @@ from tiny_fixtures import tiny_recipe
 
 STEPS = 6
 # Trained parts: the projector and the LLM (its decoder layers are FSDP units of their own).
-STAGE_ARGS = ["--stage", "align", "--set", "stages.align.tunable=[projector, llm]", "--set", "stages.align.lr.llm=5e-4",
-              "--save-every", "1", "--quiet"]
+OVERRIDES = ["stages.align.tunable=[projector, llm]", "stages.align.lr.llm=5e-4"]
+STAGE_ARGS = ["--stage", "align", *(arg for item in OVERRIDES for arg in ("--set", item)), "--save-every", "1", "--quiet"]
 # Stated tolerances, 2 FSDP ranks against 1 plain process. The loss is normalised by the trained
 # tokens of the whole global batch and FSDP averages the reduce-scattered gradients, so the two
 # compute the same update; only the order of float additions differs (measured: weights within
@@ -71,6 +73,29 @@ def fsdp_run(recipes, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def single_run(recipes, tmp_path_factory) -> tuple[Path, str]:
+    """One process given --fsdp (no distributed launch): it trains unsharded, the plain run the
+    sharded one is compared with. In this process (no start-up to pay); returns (run, console)."""
+    from crystalvlm.train.recipe import load_recipe
+    from crystalvlm.train.trainer import TrainOptions, train_recipe
+
+    out = tmp_path_factory.mktemp("single") / "run"
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        train_recipe(load_recipe(str(recipes["one"]), OVERRIDES),
+                     TrainOptions(run_dir=out, stages=["align"], save_every=1, fsdp=True, progress=False))
+    return out, console.getvalue()
+
+
+def test_fsdp_without_a_distributed_launch_says_so_and_trains_unsharded(single_run):
+    out, console = single_run
+    assert "--fsdp: one process, nothing to shard over; training unsharded" in console
+    plan = json.loads((out / "align/memory_estimate.json").read_text())["plan"]
+    assert plan["sharding"] == "none" and plan["world_size"] == 1
+    assert len(_metrics(out)) == STEPS
+
+
 def test_the_flag_builds_the_plugin_the_shipped_config_describes(monkeypatch):
     """accelerate's own launcher reads configs/accelerate/fsdp.yaml into the environment a GPU
     launch gets; the plugin accelerate builds from it equals the one `--fsdp` builds, field by field."""
@@ -93,11 +118,8 @@ def test_the_flag_builds_the_plugin_the_shipped_config_describes(monkeypatch):
         assert getattr(from_flag, field.name) == getattr(from_config, field.name), field.name
 
 
-def test_two_process_fsdp_trains_like_one_process(recipes, fsdp_run, tmp_path):
-    single = tmp_path / "single"
-    done = subprocess.run([sys.executable, "-m", "crystalvlm.cli", "train", str(recipes["one"]), "--out", str(single),
-                           *STAGE_ARGS], env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+def test_two_process_fsdp_trains_like_one_process(single_run, fsdp_run):
+    single = single_run[0]
 
     expected, got = _metrics(single), _metrics(fsdp_run)
     assert len(expected) == len(got) == STEPS
@@ -175,16 +197,3 @@ def test_an_fsdp_resume_state_is_refused_by_an_unsharded_launch(tmp_path):
     with pytest.raises(ValueError, match="sharded \\(FSDP\\) run of 2 processes; this is an unsharded launch"):
         load_resume_state(state, model=None, optimizer=None, scheduler=None)
 
-
-def test_fsdp_without_a_distributed_launch_says_so_and_trains_unsharded(recipes, tmp_path, capsys):
-    from crystalvlm.train.recipe import load_recipe
-    from crystalvlm.train.trainer import TrainOptions, train_recipe
-
-    recipe = load_recipe(str(recipes["one"]))
-    train_recipe(recipe, TrainOptions(run_dir=tmp_path / "run", stages=["align"], max_steps=1, fsdp=True,
-                                      progress=False))
-    out = capsys.readouterr().out
-    assert "--fsdp: one process, nothing to shard over; training unsharded" in out
-    plan = json.loads((tmp_path / "run/align/memory_estimate.json").read_text())["plan"]
-    assert plan["sharding"] == "none" and plan["world_size"] == 1
-    assert (tmp_path / "run/align/final/model.safetensors").is_file()
