@@ -54,7 +54,7 @@ def build_tiny_checkpoint(world: Path, folder: Path) -> Path:
     """The tiny recipe's model shape with random weights, saved like a trained checkpoint."""
     from transformers import AutoTokenizer
 
-    from crystalvlm.train.recipe import _read as read_recipe
+    from crystalvlm.train.recipe import read_recipe
 
     from crystalvlm.data.templates import get_template
     from crystalvlm.models.build import ModelSpec, build_llava
@@ -102,7 +102,30 @@ def llava_style_answers(model, processor, samples, max_new_tokens: int) -> list[
     return answers
 
 
-PATHS = ("batched", "batched_no_prefix_sharing", "batch1_hf_generate")
+def batched_hf_answers(model, processor, samples, max_new_tokens: int, batch_size: int) -> list[str]:
+    """The fair baseline: HF `generate` over batches of `batch_size` samples in task order, prompts
+    left padded (as a decoder-only model's batched generation needs), greedy, decoded and stripped."""
+    from PIL import Image
+
+    answers = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            images, texts = [], []
+            for sample in chunk:
+                with Image.open(sample.image) as file:
+                    images.append(file.convert("RGB"))
+                messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.prompt}]}]
+                texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            inputs = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
+            output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, num_beams=1,
+                                    pad_token_id=processor.tokenizer.pad_token_id)
+            answers += [text.strip() for text in processor.tokenizer.batch_decode(
+                output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
+    return answers
+
+
+PATHS = ("batched", "batched_no_prefix_sharing", "batched_hf_generate", "batch1_hf_generate")
 
 
 def split_by_image(tasks, rounds: int, index: int):
@@ -142,6 +165,7 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
     for path in engines:
         run_batched(path, warm, work / f"warmup_{path}")
     llava_style_answers(shared.model, shared.processor, warm[0].samples()[:2], max_new_tokens)
+    batched_hf_answers(shared.model, shared.processor, warm[0].samples(), max_new_tokens, batch_size)
 
     totals = {path: [0.0, 0.0, 0] for path in PATHS}  # [wall s, cpu s, samples]
     answers: dict[str, list[str]] = {path: [] for path in PATHS}
@@ -154,7 +178,10 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
         load_per_round.append(round(os.getloadavg()[0], 2))
         for path in PATHS[index % len(PATHS):] + PATHS[: index % len(PATHS)]:
             wall, cpu = time.perf_counter(), time.process_time()
-            if path == "batch1_hf_generate":
+            if path == "batched_hf_generate":
+                answers[path] += batched_hf_answers(shared.model, shared.processor, samples, max_new_tokens, batch_size)
+                count = len(samples)
+            elif path == "batch1_hf_generate":
                 answers[path] += llava_style_answers(shared.model, shared.processor, [samples[i] for i in picked],
                                                      max_new_tokens)
                 count = len(picked)
@@ -178,19 +205,26 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
 
     batched = answers["batched"]
     equal_baseline = sum(batched[i] == a for i, a in zip(baseline_positions, answers["batch1_hf_generate"]))
+    equal_batched_hf = sum(a == b for a, b in zip(batched, answers["batched_hf_generate"]))
     equal_unshared = sum(a == b for a, b in zip(batched, answers["batched_no_prefix_sharing"]))
     return {
         "max_new_tokens": max_new_tokens,
         "samples": len(batched),
         **stats,
-        "speedup_wall": ratio("batched", "batch1_hf_generate", "samples_per_s"),
-        "speedup_cpu": ratio("batched", "batch1_hf_generate", "samples_per_cpu_s"),
-        "speedup_wall_no_prefix_sharing": ratio("batched_no_prefix_sharing", "batch1_hf_generate", "samples_per_s"),
-        "speedup_cpu_no_prefix_sharing": ratio("batched_no_prefix_sharing", "batch1_hf_generate", "samples_per_cpu_s"),
+        # The headline: the same batch size on both sides, HF generate with left padding.
+        "speedup_wall_over_batched_hf_generate": ratio("batched", "batched_hf_generate", "samples_per_s"),
+        "speedup_cpu_over_batched_hf_generate": ratio("batched", "batched_hf_generate", "samples_per_cpu_s"),
+        "speedup_wall_over_batched_hf_generate_no_prefix_sharing":
+            ratio("batched_no_prefix_sharing", "batched_hf_generate", "samples_per_s"),
+        "speedup_wall_over_batch1_hf_generate": ratio("batched", "batch1_hf_generate", "samples_per_s"),
+        "speedup_cpu_over_batch1_hf_generate": ratio("batched", "batch1_hf_generate", "samples_per_cpu_s"),
+        "batched_hf_generate_over_batch1_hf_generate": ratio("batched_hf_generate", "batch1_hf_generate", "samples_per_s"),
         "prefix_sharing_gain_wall": ratio("batched", "batched_no_prefix_sharing", "samples_per_s"),
-        "answers_equal": equal_baseline == len(baseline_positions) and equal_unshared == len(batched)
-                         == len(answers["batched_no_prefix_sharing"]),
-        "answers_equal_to_baseline": f"{equal_baseline}/{len(baseline_positions)}",
+        "answers_equal": equal_baseline == len(baseline_positions)
+                         and equal_batched_hf == len(batched) == len(answers["batched_hf_generate"])
+                         and equal_unshared == len(batched) == len(answers["batched_no_prefix_sharing"]),
+        "answers_equal_to_batched_hf_generate": f"{equal_batched_hf}/{len(batched)}",
+        "answers_equal_to_batch1_hf_generate": f"{equal_baseline}/{len(baseline_positions)}",
         "answers_equal_shared_unshared": f"{equal_unshared}/{len(batched)}",
         "distinct_answers": len(set(batched)),
         "load_average_1min_per_round": load_per_round,
@@ -221,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from crystalvlm.worlds.shapes.writer import write_shapes_world
-    from crystalvlm.train.recipe import _read as read_recipe
+    from crystalvlm.train.recipe import read_recipe
 
     default_threads = torch.get_num_threads()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -281,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "measurements": dict(sorted(measurements.items())),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    partial = args.out.with_name(args.out.name + ".partial")  # a killed run leaves the previous file whole
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(partial, args.out)
 
     print(f"cpu: {report['cpu']} ({report['cpu_count']} cores); torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
@@ -290,14 +326,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch threads {entry['torch_threads']} ({entry['threads_setting']}; {note}; "
               f"load average {entry['load_average_before'][0]} -> {entry['load_average_after'][0]}):")
         for run in entry["runs"]:
+            if "speedup_wall_over_batched_hf_generate" not in run:
+                print(f"  answers of {run['max_new_tokens']:>2} tokens: recorded before the batched HF baseline")
+                continue
             print(f"  answers of {run['max_new_tokens']:>2} tokens, {run['samples']} samples: "
                   f"batched {run['batched']['samples_per_s']:.2f}/s, "
                   f"without prefix sharing {run['batched_no_prefix_sharing']['samples_per_s']:.2f}/s, "
-                  f"batch-1 model.generate {run['batch1_hf_generate']['samples_per_s']:.2f}/s "
-                  f"({run['batch1_hf_generate']['samples']} samples): ratio {run['speedup_wall']:.2f}x "
-                  f"(per CPU second {run['speedup_cpu']:.2f}x; without prefix sharing "
-                  f"{run['speedup_wall_no_prefix_sharing']:.2f}x); answers equal: {run['answers_equal']} "
-                  f"(baseline {run['answers_equal_to_baseline']}, unshared {run['answers_equal_shared_unshared']}, "
+                  f"batched HF generate {run['batched_hf_generate']['samples_per_s']:.2f}/s, "
+                  f"batch-1 HF generate {run['batch1_hf_generate']['samples_per_s']:.2f}/s "
+                  f"({run['batch1_hf_generate']['samples']} samples)")
+            print(f"    ratio over batched HF generate {run['speedup_wall_over_batched_hf_generate']:.2f}x "
+                  f"(per CPU second {run['speedup_cpu_over_batched_hf_generate']:.2f}x; without prefix sharing "
+                  f"{run['speedup_wall_over_batched_hf_generate_no_prefix_sharing']:.2f}x), over batch-1 "
+                  f"{run['speedup_wall_over_batch1_hf_generate']:.2f}x; answers equal: {run['answers_equal']} "
+                  f"(batched HF {run['answers_equal_to_batched_hf_generate']}, batch-1 "
+                  f"{run['answers_equal_to_batch1_hf_generate']}, unshared {run['answers_equal_shared_unshared']}, "
                   f"{run['distinct_answers']} distinct)")
     print(f"written: {args.out}")
     return 0 if all(run["answers_equal"] for run in runs) else 1

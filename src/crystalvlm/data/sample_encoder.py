@@ -133,17 +133,22 @@ class SampleEncoder:
 
         Raises ConversationError, with a message meant for the requester, when the conversation cannot
         be prompted (empty, refused by the template, placeholders and images disagree)."""
+        return self.prompt_ids(turns, len(images)), (self.pixel_values(images) if images else None)
+
+    def prompt_ids(self, turns: Sequence[Turn], image_count: int) -> list[int]:
+        """The input_ids of `prompt` alone (image tokens expanded), for a caller that preprocesses the
+        images itself (the engine preprocesses an image asked about by several requests once)."""
         if not turns:
             raise ConversationError("the conversation is empty")
         ids = self._prompt_ids(turns)
         placeholders = sum(1 for token in ids if token == self.image_token_id)
-        if placeholders != len(images):
+        if placeholders != image_count:
             raise ConversationError(
-                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s) "
+                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {image_count} image(s) "
                 f"were given; put '{IMAGE_PLACEHOLDER}\\n' before the question once per image"
             )
         expanded, _ = expand_image_tokens(ids, None, self.image_token_id, self.tokens_per_image)
-        return expanded, (self.pixel_values(images) if images else None)
+        return expanded
 
     def _prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
         """Prompt ids with one `<image>` id per image: the template's own segments (the very ids training

@@ -39,7 +39,7 @@ from crystalvlm.infer.decoding.config import DecodingConfig
 from crystalvlm.infer.decoding.greedy_sampling import RowControl, request_generator
 from crystalvlm.infer.decoding.registry import build_strategy
 from crystalvlm.infer.decoding.strategy import DecodingContext, DecodingStrategy
-from crystalvlm.infer.prompts import PreparedPrompt, PromptBuilder, RequestError, collate
+from crystalvlm.infer.prompts import ImageMemo, PreparedPrompt, PromptBuilder, RequestError, collate
 from crystalvlm.infer.runner import ModelRunner
 from crystalvlm.infer.shared_prefix import plan_shared_prefill, prompt_keys, sharing_key
 from crystalvlm.infer.text_stream import AnswerText, StopRule
@@ -106,14 +106,15 @@ class GenerationEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ requests
-    def prepare(self, request: GenerationRequest, max_new_tokens: int = 0) -> PreparedPrompt:
-        """The model inputs of a request; RequestError when it cannot run (names the problem)."""
-        prepared = self.prompts.build(request.turns, request.images)
+    def prepare(self, request: GenerationRequest, max_new_tokens: int = 0, memo: ImageMemo | None = None) -> PreparedPrompt:
+        """The model inputs of a request; RequestError when it cannot run (names the problem). With a
+        `memo`, an image object already seen in it is not preprocessed again."""
+        prepared = self.prompts.build(request.turns, request.images, memo)
         if request.answer_prefix:
             # Tokenised as training tokenises an answer: the template's text before the content, then the content.
             lead = self.template.assistant_format.split("{content}")[0] if self.template else ""
             extra = self.tokenizer(lead + request.answer_prefix, add_special_tokens=False)["input_ids"]
-            prepared = PreparedPrompt(prepared.input_ids + list(extra), prepared.pixel_values)
+            prepared = replace(prepared, input_ids=prepared.input_ids + list(extra))
         if self.max_positions and prepared.length + max_new_tokens > self.max_positions:
             raise RequestError(
                 f"the prompt has {prepared.length} tokens (images expanded) and {max_new_tokens} new tokens were "
@@ -130,9 +131,17 @@ class GenerationEngine:
     ) -> list[GenerationResult]:
         """Answers in request order. `listeners[i]`, if given, receives request i's text as it is produced."""
         prepared = []
+        # Requests about one image object (an evaluation's questions about one picture) share its
+        # preprocessing; every image of the call goes through the image processor in one call.
+        memo = ImageMemo(self.prompts.encoder)
+        try:
+            memo.preprocess([image for request in requests for image in request.images])
+        except Exception:
+            # Then each request's images are preprocessed on their own below, and the failing one raises there as before.
+            memo = ImageMemo(self.prompts.encoder)
         for index, request in enumerate(requests):
             try:
-                prepared.append(self.prepare(request, config.max_new_tokens))
+                prepared.append(self.prepare(request, config.max_new_tokens, memo))
             except RequestError as error:
                 raise RequestError(f"request {index}: {error}") from None
         listeners = listeners or [None] * len(requests)
