@@ -91,16 +91,31 @@ class PromptBuilder:
     def __init__(self, encoder: SampleEncoder) -> None:
         self.encoder = encoder
 
-    def build(self, turns: list[Turn], images: list[Image.Image], memo: ImageMemo | None = None) -> PreparedPrompt:
+    def build(self, turns: list[Turn], images: list[Image.Image], memo: ImageMemo | None = None,
+              input_ids: list[int] | None = None) -> PreparedPrompt:
+        """The prompt of `turns` and `images`; `input_ids` when they were already encoded (`ids_of_many`)."""
         try:
-            if memo is None or not images:
+            if input_ids is None and (memo is None or not images):
                 input_ids, pixel_values = self.encoder.prompt(turns, images)
                 return PreparedPrompt(input_ids, pixel_values)
-            input_ids = self.encoder.prompt_ids(turns, len(images))
+            if input_ids is None:
+                input_ids = self.encoder.prompt_ids(turns, len(images))
+            if not images:
+                return PreparedPrompt(input_ids, None)
         except ConversationError as error:
             raise RequestError(str(error)) from None
+        if memo is None:
+            memo = ImageMemo(self.encoder)
         pixel_values, digests = memo.pixels(images)
         return PreparedPrompt(input_ids, pixel_values, digests)
+
+    def ids_of_many(self, conversations: list[list[Turn]], image_counts: list[int]) -> list[list[int]] | None:
+        """The input_ids of many prompts in one tokenizer call; None when one of them cannot be encoded
+        (then `build` each alone, which names the one that fails)."""
+        try:
+            return self.encoder.prompt_ids_many(conversations, image_counts)
+        except ConversationError:
+            return None
 
 
 def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_length: int | None = None,
