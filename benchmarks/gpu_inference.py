@@ -95,7 +95,10 @@ def build_engine(shape: str, device: torch.device, dtype: torch.dtype, batch_siz
             model, processor = build_llava(spec, chat_template=get_template("vicuna_v1").chat_template_jinja())
     finally:
         torch.set_default_dtype(previous)
-    model = model.to(device=device, dtype=dtype).eval()
+    model = model.to(device)  # already there; a cast to `dtype` would also round buffers kept in float32
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    model.eval()
     return GenerationEngine(model, processor, "vicuna_v1", "pad", batch_size=batch_size)
 
 
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="eval: questions the batched HF baseline answers (its rate does not depend on the count)")
     parser.add_argument("--batch-size", type=int, default=32, help="eval: batch size of both paths")
     parser.add_argument("--max-new-tokens", type=int, default=2, help="eval: answer budget (yes/no and its end)")
-    parser.add_argument("--decode-tokens", type=int, default=256, help="decode: new tokens measured (after the first 16)")
+    parser.add_argument("--decode-tokens", type=int, default=128, help="decode: new tokens measured (after the first 16)")
     parser.add_argument("--repeats", type=int, default=2, help="decode: runs per length, the fastest kept")
     parser.add_argument("--copy-megabytes", type=int, default=4096, help="decode: buffer of the bandwidth copy")
     parser.add_argument("--seed", type=int, default=0)

@@ -57,7 +57,7 @@ else
   EVAL=("$PYTHON" benchmarks/gpu_inference.py eval --device cuda --out-dir "$OUT_DIR")
   DECODE=("$PYTHON" benchmarks/gpu_inference.py decode --device cuda --out-dir "$OUT_DIR")
   GENERATION=("$PYTHON" benchmarks/generation_throughput.py --device cuda --out "$OUT_DIR/generation_throughput_cuda.json")
-  CAPS=(200 150 70 45)
+  CAPS=(180 140 90 50)
 fi
 BUDGET="${SUITE_BUDGET_S:-470}"
 mkdir -p "$OUT_DIR"
