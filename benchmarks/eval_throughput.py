@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "settings": {"model": "tiny recipe sizes, random weights (CLIP 64px/8/128w/4L, Llama 256w/4L, vocab 1024)",
+        "settings": {"model": "tiny recipe sizes (recipes/tiny.yaml: CLIP 48px/16/128w/4L, Llama 128w/2L), a 1024-token "
+                              "BPE, random weights",
                      "tasks": ["pope_random", "mme"], "decoding": "greedy", "dtype": "float32"},
         "measurements": dict(sorted(measurements.items())),
     }

@@ -17,10 +17,10 @@ OPERA switches its attention implementation while it runs.
 Prefix sharing (`share_prefixes`, on by default): requests about the same image are kept next to
 each other when batches are cut (then by length), and a batch whose prompts share prefixes (the
 system prompt; an image and the tokens up to and just after it) computes each shared prefix once
-(shared_prefix.py) when that computes clearly fewer positions: in up to three forwards, or two when the
-prefixes are short (`pack_up_to` tokens), packed into one row with a tree-shaped mask. Strategies say whether they can use it
-(`DecodingStrategy.shares_prefixes`): greedy, sampling and beam search do; VCD (its own paired batch)
-and OPERA (one request at a time) prefill plainly.
+(shared_prefix.py) when that computes clearly fewer positions: in up to three forwards, or in two when
+the prefixes are short (`pack_up_to` tokens) and packed into one row with a tree-shaped mask.
+Strategies say whether they can use it (`DecodingStrategy.shares_prefixes`): greedy, sampling and
+beam search do; VCD (its own paired batch) and OPERA (one request at a time) prefill plainly.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class GenerationEngine:
         self.template = get_template(template_name) if template_name else None
         self.batch_size = batch_size
         self.share_prefixes = share_prefixes  # compute prompt prefixes shared in a batch once (module docstring)
-        # Shared prefixes in one packed forward while the packed row has at most this many tokens (0: never).
+        # The batch and group prefixes packed into one forward while they hold at most this many tokens
+        # together (0: never); shared_prefix.pack_shared_prefill.
         self.pack_up_to = PACK_UP_TO
         config = model.config
         self.image_token_id = int(getattr(config, "image_token_id", None) or config.image_token_index)
