@@ -77,11 +77,15 @@ def build_engine(shape: str, device: torch.device, dtype: torch.dtype, batch_siz
 
     from crystalvlm.data.templates import get_template
     from crystalvlm.infer.engine import GenerationEngine
+    from crystalvlm.markers import IMAGE_TOKEN
     from crystalvlm.models.build import ModelSpec, PartSpec, build_llava
     from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
 
     train_tiny_tokenizer(corpus(), folder, vocab_size=2048, templates=["vicuna_v1"])
-    vocab = len(AutoTokenizer.from_pretrained(folder)) + 1  # + the image token build_llava adds
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # The LLM's vocabulary is the tokenizer's (with the image token build_llava adds if it is missing), so
+    # build_llava does not resize the embeddings it just created.
+    vocab = len(tokenizer) + (IMAGE_TOKEN not in tokenizer.get_vocab())
     if shape == "7b":
         vision, llm = CLIP_L_336, {**LLAMA2_7B_BLOCKS, "vocab_size": vocab}
     else:
