@@ -16,8 +16,9 @@
 #   generation  benchmarks/generation_throughput.py --device cuda -> results/generation_throughput_cuda.json
 #               (engine vs batch-1 and batched HF generate, OPERA and VCD cost, small model)
 #
-# Safe to rerun: each script writes its JSON under a temporary name and renames it into place, so a
-# rerun overwrites and a killed step leaves the previous file whole. A failed or timed-out step is
+# Safe to rerun: a rerun overwrites the results; gpu_inference.py, generation_throughput.py and this
+# suite write each JSON under a temporary name and rename it into place, so a killed step leaves the
+# previous file whole (train_throughput.py writes its own file as it does). A failed or timed-out step is
 # recorded and the others still run. The suite's own record (each step's status, seconds and log
 # tail) goes to results/gpu_suite.json, and a summary is printed at the end. Exit status: 0 when
 # every step succeeded, 1 otherwise.
@@ -35,7 +36,7 @@ DEVICE="${DEVICE:-cuda}"
 for argument in "$@"; do
   case "$argument" in
     --dry-run) DEVICE=cpu ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_suite.sh: unknown argument $argument (try --help)" >&2; exit 2 ;;
   esac
 done
