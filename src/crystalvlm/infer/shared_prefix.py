@@ -43,8 +43,8 @@ from crystalvlm.infer.runner import PackedPrefill, PrefillStep
 # Use the plan only when it computes at most this fraction of the plain prefill's positions: each
 # step is another forward (fixed cost) and padding inside rows lengthens every later attention.
 PAYS_BELOW = 0.85
-# Pack the plan into one forward while the row has at most this many tokens: its (P, P) attention is
-# then small beside the rest of the forward.
+# Pack the batch and group prefixes into one forward while they hold at most this many tokens together:
+# the packed row's (P, P) attention is then small beside the rest of the forward.
 PACK_UP_TO = 2048
 
 ImageKey = tuple[bytes, int]  # (digest of the image's pixel values, index of the token in the image's run)
