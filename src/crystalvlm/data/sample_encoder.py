@@ -133,17 +133,36 @@ class SampleEncoder:
 
         Raises ConversationError, with a message meant for the requester, when the conversation cannot
         be prompted (empty, refused by the template, placeholders and images disagree)."""
+        return self.prompt_ids(turns, len(images)), (self.pixel_values(images) if images else None)
+
+    def prompt_ids_many(self, conversations: Sequence[Sequence[Turn]], image_counts: Sequence[int]) -> list[list[int]]:
+        """`prompt_ids` of several conversations; with a template, one tokenizer call for all of them.
+        Raises ConversationError as `prompt_ids` does for the first one that cannot be prompted."""
+        if self.template is None or not all(conversations):
+            return [self.prompt_ids(turns, count) for turns, count in zip(conversations, image_counts)]
+        try:
+            encoded = self.template.encode_many(conversations, self.tokenizer, add_generation_prompt=True)
+        except ValueError as error:  # ConversationError, or a tokenizer's own refusal
+            raise ConversationError(str(error)) from None
+        return [self._expanded(ids, count) for (ids, _), count in zip(encoded, image_counts)]
+
+    def prompt_ids(self, turns: Sequence[Turn], image_count: int) -> list[int]:
+        """The input_ids of `prompt` alone (image tokens expanded), for a caller that preprocesses the
+        images itself (the engine preprocesses an image asked about by several requests once)."""
         if not turns:
             raise ConversationError("the conversation is empty")
-        ids = self._prompt_ids(turns)
+        return self._expanded(self._prompt_ids(turns), image_count)
+
+    def _expanded(self, ids: list[int], image_count: int) -> list[int]:
+        """Prompt ids with each `<image>` id expanded to the image-token run, once the count is checked."""
         placeholders = sum(1 for token in ids if token == self.image_token_id)
-        if placeholders != len(images):
+        if placeholders != image_count:
             raise ConversationError(
-                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s) "
+                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {image_count} image(s) "
                 f"were given; put '{IMAGE_PLACEHOLDER}\\n' before the question once per image"
             )
         expanded, _ = expand_image_tokens(ids, None, self.image_token_id, self.tokens_per_image)
-        return expanded, (self.pixel_values(images) if images else None)
+        return expanded
 
     def _prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
         """Prompt ids with one `<image>` id per image: the template's own segments (the very ids training

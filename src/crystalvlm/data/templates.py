@@ -145,16 +145,39 @@ class Template:
         the dataset expands it to the model's image-token count. Raises TokenizationMismatch when a
         trained/untrained boundary falls inside a token.
         """
-        segments = self.segments(turns, add_generation_prompt=add_generation_prompt)
-        text = "".join(segment.text for segment in segments)
-        # Character offsets where training switches on or off (segment ends followed by the other kind).
-        boundaries, offset = [], 0
-        for index, segment in enumerate(segments[:-1]):
-            offset += len(segment.text)
-            if segments[index + 1].trained != segment.trained:
-                boundaries.append(offset)
-        # One batched call: the whole text and the text before each boundary, each as one string.
-        *prefix_ids, input_ids = _token_ids_batch(tokenizer, [text[:at] for at in boundaries] + [text])
+        return self.encode_many([turns], tokenizer, add_generation_prompt)[0]
+
+    def encode_many(
+        self, conversations: Sequence[Sequence[Turn]], tokenizer: TokenizerLike, add_generation_prompt: bool = False
+    ) -> list[tuple[list[int], list[int]]]:
+        """`encode` of each conversation, with one tokenizer call for all of them (a batch of generation
+        prompts tokenises in one call instead of one per prompt). Raises as `encode` does for the first
+        conversation that cannot be encoded."""
+        rendered = []
+        texts: list[str] = []
+        for turns in conversations:
+            segments = self.segments(turns, add_generation_prompt=add_generation_prompt)
+            text = "".join(segment.text for segment in segments)
+            # Character offsets where training switches on or off (segment ends followed by the other kind).
+            boundaries, offset = [], 0
+            for index, segment in enumerate(segments[:-1]):
+                offset += len(segment.text)
+                if segments[index + 1].trained != segment.trained:
+                    boundaries.append(offset)
+            rendered.append((segments, text, boundaries))
+            # The whole text and the text before each boundary, each tokenised as one string.
+            texts += [text[:at] for at in boundaries] + [text]
+        token_ids = _token_ids_batch(tokenizer, texts) if texts else []
+        encoded, cursor = [], 0
+        for segments, text, boundaries in rendered:
+            *prefix_ids, input_ids = token_ids[cursor : cursor + len(boundaries) + 1]
+            cursor += len(boundaries) + 1
+            encoded.append(self._labelled(segments, text, boundaries, prefix_ids, input_ids))
+        return encoded
+
+    def _labelled(self, segments: list[Segment], text: str, boundaries: list[int], prefix_ids: list[list[int]],
+                  input_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Labels over `input_ids` (the whole text's ids): the trained segments' tokens, IGNORE_INDEX elsewhere."""
         ends = [_prefix_length(ids, input_ids, text, at, self.name) for ids, at in zip(prefix_ids, boundaries)]
         ends.append(len(input_ids))
         labels = [IGNORE_INDEX] * len(input_ids)

@@ -125,13 +125,19 @@ def _cache_files(cache_dir: Path, task: Task) -> list[Path]:
     return sorted(cache_dir.glob(f"{glob.escape(task.name)}.rank*.jsonl"))
 
 
-def _request(sample: EvalSample) -> GenerationRequest:
+def _request(sample: EvalSample, opened: dict[Path, object] | None = None) -> GenerationRequest:
+    """The sample as a request. `opened` (path -> image) lets a chunk's questions about one image share
+    one opened image, which the engine then preprocesses once."""
     if sample.image is None:
         return GenerationRequest([Turn("user", sample.prompt)], [])
-    # The task confined the path to its benchmark's image folder when it read the record
-    # (eval/tasks/files.image_inside, which names the record); open_image also refuses the file if
-    # it has since become a symlink out of its folder.
-    image = open_image(sample.image.parent, sample.image.name)
+    image = opened.get(sample.image) if opened is not None else None
+    if image is None:
+        # The task confined the path to its benchmark's image folder when it read the record
+        # (eval/tasks/files.image_inside, which names the record); open_image also refuses the file if
+        # it has since become a symlink out of its folder.
+        image = open_image(sample.image.parent, sample.image.name)
+        if opened is not None:
+            opened[sample.image] = image
     return GenerationRequest([Turn("user", f"{IMAGE_PLACEHOLDER}\n{sample.prompt}")], [image])
 
 
@@ -192,7 +198,8 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
     with open(cache_path, "a") as cache:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
-            results = engine.generate([_request(sample) for sample, _ in chunk], config)
+            opened: dict[Path, object] = {}
+            results = engine.generate([_request(sample, opened) for sample, _ in chunk], config)
             for (sample, key), result in zip(chunk, results):
                 # Stripped as LLaVA-1.5's model_vqa scripts store answers (Python's str.strip()).
                 text = result.text.strip()

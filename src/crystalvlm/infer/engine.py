@@ -17,9 +17,10 @@ OPERA switches its attention implementation while it runs.
 Prefix sharing (`share_prefixes`, on by default): requests about the same image are kept next to
 each other when batches are cut (then by length), and a batch whose prompts share prefixes (the
 system prompt; an image and the tokens up to and just after it) computes each shared prefix once
-(shared_prefix.py) when that computes clearly fewer positions. Strategies say whether they can use it
-(`DecodingStrategy.shares_prefixes`): greedy, sampling and beam search do; VCD (its own paired batch)
-and OPERA (one request at a time) prefill plainly.
+(shared_prefix.py) when that computes clearly fewer positions: in up to three forwards, or in two when
+the prefixes are short (`pack_up_to` tokens) and packed into one row with a tree-shaped mask.
+Strategies say whether they can use it (`DecodingStrategy.shares_prefixes`): greedy, sampling and
+beam search do; VCD (its own paired batch) and OPERA (one request at a time) prefill plainly.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from crystalvlm.infer.decoding.config import DecodingConfig
 from crystalvlm.infer.decoding.greedy_sampling import RowControl, request_generator
 from crystalvlm.infer.decoding.registry import build_strategy
 from crystalvlm.infer.decoding.strategy import DecodingContext, DecodingStrategy
-from crystalvlm.infer.prompts import PreparedPrompt, PromptBuilder, RequestError, collate
+from crystalvlm.infer.prompts import ImageMemo, PreparedPrompt, PromptBuilder, RequestError, collate
 from crystalvlm.infer.runner import ModelRunner
-from crystalvlm.infer.shared_prefix import plan_shared_prefill, prompt_keys, sharing_key
+from crystalvlm.infer.shared_prefix import PACK_UP_TO, pack_shared_prefill, plan_shared_prefill, prompt_keys, sharing_key
 from crystalvlm.infer.text_stream import AnswerText, StopRule
 
 __all__ = ["DecodingConfig", "GenerationEngine", "GenerationRequest", "GenerationResult", "RequestError"]
@@ -80,6 +81,9 @@ class GenerationEngine:
         self.template = get_template(template_name) if template_name else None
         self.batch_size = batch_size
         self.share_prefixes = share_prefixes  # compute prompt prefixes shared in a batch once (module docstring)
+        # The batch and group prefixes packed into one forward while they hold at most this many tokens
+        # together (0: never); shared_prefix.pack_shared_prefill.
+        self.pack_up_to = PACK_UP_TO
         config = model.config
         self.image_token_id = int(getattr(config, "image_token_id", None) or config.image_token_index)
         self.prompts = PromptBuilder(SampleEncoder.from_processor(processor, config, self.template, image_mode))
@@ -106,14 +110,17 @@ class GenerationEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ requests
-    def prepare(self, request: GenerationRequest, max_new_tokens: int = 0) -> PreparedPrompt:
-        """The model inputs of a request; RequestError when it cannot run (names the problem)."""
-        prepared = self.prompts.build(request.turns, request.images)
+    def prepare(self, request: GenerationRequest, max_new_tokens: int = 0, memo: ImageMemo | None = None,
+                input_ids: list[int] | None = None) -> PreparedPrompt:
+        """The model inputs of a request; RequestError when it cannot run (names the problem). With a
+        `memo`, an image object already seen in it is not preprocessed again; `input_ids`: the prompt's
+        ids, already encoded with others (`PromptBuilder.ids_of_many`)."""
+        prepared = self.prompts.build(request.turns, request.images, memo, input_ids)
         if request.answer_prefix:
             # Tokenised as training tokenises an answer: the template's text before the content, then the content.
             lead = self.template.assistant_format.split("{content}")[0] if self.template else ""
             extra = self.tokenizer(lead + request.answer_prefix, add_special_tokens=False)["input_ids"]
-            prepared = PreparedPrompt(prepared.input_ids + list(extra), prepared.pixel_values)
+            prepared = replace(prepared, input_ids=prepared.input_ids + list(extra))
         if self.max_positions and prepared.length + max_new_tokens > self.max_positions:
             raise RequestError(
                 f"the prompt has {prepared.length} tokens (images expanded) and {max_new_tokens} new tokens were "
@@ -130,9 +137,19 @@ class GenerationEngine:
     ) -> list[GenerationResult]:
         """Answers in request order. `listeners[i]`, if given, receives request i's text as it is produced."""
         prepared = []
+        # Requests about one image object (an evaluation's questions about one picture) share its
+        # preprocessing; every image of the call goes through the image processor in one call.
+        memo = ImageMemo(self.prompts.encoder)
+        try:
+            memo.preprocess([image for request in requests for image in request.images])
+        except Exception:
+            # Then each request's images are preprocessed on their own below, and the failing one raises there as before.
+            memo = ImageMemo(self.prompts.encoder)
+        # Every prompt tokenised in one call (a bad one makes this None: each is then encoded alone).
+        ids = self.prompts.ids_of_many([request.turns for request in requests], [len(r.images) for r in requests])
         for index, request in enumerate(requests):
             try:
-                prepared.append(self.prepare(request, config.max_new_tokens))
+                prepared.append(self.prepare(request, config.max_new_tokens, memo, ids[index] if ids else None))
             except RequestError as error:
                 raise RequestError(f"request {index}: {error}") from None
         listeners = listeners or [None] * len(requests)
@@ -206,9 +223,16 @@ class GenerationEngine:
     def _run_group(self, prompts: list[PreparedPrompt], controls: list[RowControl], strategy: DecodingStrategy,
                    share_prefixes: bool = False) -> list[AnswerText]:
         batch = collate(prompts, self.pad_token_id)
+        runner = ModelRunner(self.model)
         if share_prefixes:
-            batch.prefill_steps = plan_shared_prefill(prompts, self.image_token_id, self.pad_token_id)
-        context = DecodingContext(ModelRunner(self.model), self.tokenizer, self.image_token_id, len(self.stop_rule.eos_ids))
+            # Two forwards while the packed prefixes are short (small prompts: the forwards' fixed cost
+            # dominates), else up to three (long prefixes: the packed row's P x P attention would cost more).
+            if self.pack_up_to and runner.can_pack:
+                batch.packed_prefill = pack_shared_prefill(prompts, self.image_token_id, self.pad_token_id,
+                                                           pack_up_to=self.pack_up_to)
+            if batch.packed_prefill is None:
+                batch.prefill_steps = plan_shared_prefill(prompts, self.image_token_id, self.pad_token_id)
+        context = DecodingContext(runner, self.tokenizer, self.image_token_id, len(self.stop_rule.eos_ids))
         return strategy.decode(context, batch, controls)
 
 

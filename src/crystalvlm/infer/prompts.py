@@ -33,6 +33,7 @@ class RequestError(ValueError):
 class PreparedPrompt:
     input_ids: list[int]  # image tokens expanded
     pixel_values: torch.Tensor | None  # (n_images, 3, S, S)
+    known_digests: list[bytes] | None = None  # image_digests, when the builder already computed them
 
     @property
     def length(self) -> int:
@@ -45,10 +46,43 @@ class PreparedPrompt:
     @cached_property
     def image_digests(self) -> list[bytes]:
         """A digest of each image's pixel values: equal digests, same image (prefix sharing compares them)."""
+        if self.known_digests is not None:
+            return self.known_digests
         if self.pixel_values is None:
             return []
-        return [hashlib.blake2b(pixels.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
-                for pixels in self.pixel_values]
+        return [pixel_digest(pixels) for pixels in self.pixel_values]
+
+
+def pixel_digest(pixels: torch.Tensor) -> bytes:
+    """A digest of one image's (3, S, S) pixel values."""
+    return hashlib.blake2b(pixels.detach().float().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+
+
+class ImageMemo:
+    """Pixel values and digest of each image object seen, so that an image several requests ask about
+    (an evaluation's questions about one picture) is preprocessed and hashed once.
+
+    Keyed by object identity; the memo keeps each image alive, so an id is never reused while it lives.
+    Live it for one `generate` call: a caller that edits an image in place between calls must not
+    share a memo across them."""
+
+    def __init__(self, encoder: SampleEncoder) -> None:
+        self.encoder = encoder
+        self._seen: dict[int, tuple[Image.Image, torch.Tensor, bytes]] = {}
+
+    def preprocess(self, images: list[Image.Image]) -> None:
+        """Preprocess those of `images` not seen yet, in one call of the image processor."""
+        missing = list({id(image): image for image in images if id(image) not in self._seen}.values())
+        if missing:
+            fresh = self.encoder.pixel_values(missing)  # (M, 3, S, S)
+            for image, pixels in zip(missing, fresh):
+                self._seen[id(image)] = (image, pixels, pixel_digest(pixels))
+
+    def pixels(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[bytes]]:
+        """(N, 3, S, S) pixel values of `images` and their digests."""
+        self.preprocess(images)
+        entries = [self._seen[id(image)] for image in images]
+        return torch.stack([entry[1] for entry in entries]), [entry[2] for entry in entries]
 
 
 class PromptBuilder:
@@ -57,12 +91,31 @@ class PromptBuilder:
     def __init__(self, encoder: SampleEncoder) -> None:
         self.encoder = encoder
 
-    def build(self, turns: list[Turn], images: list[Image.Image]) -> PreparedPrompt:
+    def build(self, turns: list[Turn], images: list[Image.Image], memo: ImageMemo | None = None,
+              input_ids: list[int] | None = None) -> PreparedPrompt:
+        """The prompt of `turns` and `images`; `input_ids` when they were already encoded (`ids_of_many`)."""
         try:
-            input_ids, pixel_values = self.encoder.prompt(turns, images)
+            if input_ids is None and (memo is None or not images):
+                input_ids, pixel_values = self.encoder.prompt(turns, images)
+                return PreparedPrompt(input_ids, pixel_values)
+            if input_ids is None:
+                input_ids = self.encoder.prompt_ids(turns, len(images))
+            if not images:
+                return PreparedPrompt(input_ids, None)
         except ConversationError as error:
             raise RequestError(str(error)) from None
-        return PreparedPrompt(input_ids, pixel_values)
+        if memo is None:
+            memo = ImageMemo(self.encoder)
+        pixel_values, digests = memo.pixels(images)
+        return PreparedPrompt(input_ids, pixel_values, digests)
+
+    def ids_of_many(self, conversations: list[list[Turn]], image_counts: list[int]) -> list[list[int]] | None:
+        """The input_ids of many prompts in one tokenizer call; None when one of them cannot be encoded
+        (then `build` each alone, which names the one that fails)."""
+        try:
+            return self.encoder.prompt_ids_many(conversations, image_counts)
+        except ConversationError:
+            return None
 
 
 def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_length: int | None = None,

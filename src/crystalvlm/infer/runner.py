@@ -63,6 +63,26 @@ class PrefillStep:
 
 
 @dataclass
+class PackedPrefill:
+    """A three-step shared-prefix prefill in two forwards: the prefix segments (batch prefix, group
+    prefixes) side by side in one row of P tokens, each token seeing only its own prompt's earlier tokens
+    (`visible`) at the positions it has in its prompt; that row's cache is gathered into one left-padded
+    row per group (`gather`), and the own-tokens step `then` continues those rows."""
+
+    input_ids: torch.Tensor  # (1, P) long
+    position_ids: torch.Tensor  # (1, P) long: index of each token in its own prompt
+    visible: torch.Tensor  # (P, P) bool: token i may attend to token j (a tree-shaped causal mask)
+    pixel_values: torch.Tensor | None  # (I, 3, S, S): the images, in the order their tokens appear in the row
+    gather: torch.Tensor  # (G, T) long: the row index of each group row's t-th token (left padded: 0 there)
+    attention_mask: torch.Tensor  # (G, T) long, 0 on left padding
+    then: PrefillStep  # the own tokens: parent_rows index the G gathered rows
+
+    @property
+    def positions_computed(self) -> int:
+        return self.input_ids.numel() + self.then.positions_computed
+
+
+@dataclass
 class PromptBatch:
     """Left-padded prompts of one batch, ready for the model."""
 
@@ -74,6 +94,8 @@ class PromptBatch:
     # When set, `ModelRunner.prefill` runs these steps instead of one forward over `input_ids`: the same
     # prompts, with prefixes shared by several rows computed once; the last step has one row per prompt.
     prefill_steps: list[PrefillStep] | None = None
+    # When set (instead), `ModelRunner.prefill` computes the shared prefixes in one forward (PackedPrefill).
+    packed_prefill: PackedPrefill | None = None
 
     @property
     def rows(self) -> int:
@@ -96,6 +118,8 @@ class ModelRunner:
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
     def prefill(self, batch: PromptBatch) -> torch.Tensor:
+        if batch.packed_prefill is not None:
+            return self._prefill_packed(batch.packed_prefill)
         if batch.prefill_steps is not None:
             return self._prefill_in_steps(batch.prefill_steps)
         input_ids = batch.input_ids.to(self.device)
@@ -117,9 +141,11 @@ class ModelRunner:
         self.next_positions = positions[:, -1] + 1
         return output.logits[:, -1, :].float()
 
-    def _prefill_in_steps(self, steps: list[PrefillStep]) -> torch.Tensor:
-        """Run `steps` (see PrefillStep); the logits after each prompt's last token, (R, V)."""
-        self.cache, self.attention_mask = None, None
+    def _prefill_in_steps(self, steps: list[PrefillStep], continuing: bool = False) -> torch.Tensor:
+        """Run `steps` (see PrefillStep), on top of the cache when `continuing`; the logits after each
+        prompt's last token, (R, V)."""
+        if not continuing:
+            self.cache, self.attention_mask = None, None
         for step in steps:
             step_mask = step.attention_mask.to(self.device)
             if step.parent_rows is None:
@@ -146,6 +172,41 @@ class ModelRunner:
         # Every row of the last step ends with its prompt's last token.
         self.next_positions = steps[-1].position_ids[:, -1].to(self.device) + 1
         return output.logits[:, -1, :].float()
+
+    @property
+    def can_pack(self) -> bool:
+        """Whether `_prefill_packed` can run: the attention takes a custom 4D mask (SDPA, eager; not
+        flash-attention) and the cache keeps plain per-layer key and value tensors."""
+        implementation = getattr(self.model.config.text_config, "_attn_implementation", None)
+        return implementation in ("sdpa", "eager")
+
+    def _prefill_packed(self, packed: PackedPrefill) -> torch.Tensor:
+        """Run a PackedPrefill; the logits after each prompt's last token, (R, V)."""
+        visible = packed.visible.to(self.device)[None, None]  # (1, 1, P, P)
+        if self.model.config.text_config._attn_implementation == "eager":
+            # Eager attention adds its mask to the scores: 0 where visible, the dtype's minimum elsewhere.
+            visible = torch.zeros(visible.shape, dtype=self.model.dtype, device=self.device).masked_fill(
+                ~visible, torch.finfo(self.model.dtype).min)
+        pixel_values = packed.pixel_values
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
+        output = self.model(
+            input_ids=packed.input_ids.to(self.device),
+            pixel_values=pixel_values,
+            attention_mask=visible,  # a 4D mask is taken as given (transformers' masking_utils)
+            position_ids=packed.position_ids.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,  # unused: the own-tokens step gives the logits
+        )
+        cache = getattr(output, self.cache_keyword)
+        # The row's keys and values, (1, H, P, D), become one row per group, (G, H, T, D).
+        index = packed.gather.to(self.device)
+        for layer in cache.layers:
+            layer.keys = _gather_rows(layer.keys, index)
+            layer.values = _gather_rows(layer.values, index)
+        self.cache = cache
+        self.attention_mask = packed.attention_mask.to(self.device)
+        return self._prefill_in_steps([packed.then], continuing=True)
 
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -234,6 +295,11 @@ class ModelRunner:
             self.last_attention = None
             if previous != "eager":
                 self.model.set_attn_implementation({"text_config": previous})
+
+
+def _gather_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(1, H, P, D) keys or values of one packed row -> (G, H, T, D): row g holds positions index[g]."""
+    return states[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1).contiguous()
 
 
 @dataclass

@@ -22,6 +22,13 @@ decoding (tests/infer/test_prefix_sharing.py).
 
 `plan_shared_prefill` returns None when the plan would not compute clearly fewer positions than one
 plain left-padded forward (`PAYS_BELOW`), e.g. a batch of unrelated prompts without a system prompt.
+
+`pack_shared_prefill` runs a three-step plan in two forwards (`runner.PackedPrefill`): the batch
+prefix and the group prefixes side by side in one row with a tree-shaped mask (a token sees the
+earlier tokens of its own segment and of its ancestors: the group rows see the batch prefix, not each
+other), the row's cache gathered into one row per group, then the own-tokens step as before. Each
+forward has a fixed cost that dominates at small sizes; the packed row's attention is P x P, so it is
+used while the prefixes are at most `PACK_UP_TO` tokens together.
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ from dataclasses import dataclass
 import torch
 
 from crystalvlm.infer.prompts import PreparedPrompt
-from crystalvlm.infer.runner import PrefillStep
+from crystalvlm.infer.runner import PackedPrefill, PrefillStep
 
 # Use the plan only when it computes at most this fraction of the plain prefill's positions: each
 # step is another forward (fixed cost) and padding inside rows lengthens every later attention.
 PAYS_BELOW = 0.85
+# Pack the batch and group prefixes into one forward while they hold at most this many tokens together:
+# the packed row's (P, P) attention is then small beside the rest of the forward.
+PACK_UP_TO = 2048
 
 ImageKey = tuple[bytes, int]  # (digest of the image's pixel values, index of the token in the image's run)
 TokenKey = int | ImageKey  # a text token's id, or which image and which of its tokens
@@ -190,3 +200,76 @@ def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
     if sum(step.positions_computed for step in steps) > pays_below * plain:
         return None
     return steps
+
+
+def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,
+                        pays_below: float = PAYS_BELOW, pack_up_to: int = PACK_UP_TO) -> PackedPrefill | None:
+    """The shared-prefix plan of `prompts` in two forwards instead of three (module docstring); None when
+    there is nothing to share, sharing would not pay, the plan has fewer than three steps, or the
+    packed row would be longer than `pack_up_to`."""
+    if len(prompts) < 2:
+        return None
+    keys = [prompt_keys(prompt, image_token_id) for prompt in prompts]
+    levels = _simplify(_levels(keys))
+    if len(levels) < 3:
+        return None
+    *prefix_levels, own_level = levels
+    packed_length = sum(row.end - row.start for level in prefix_levels for row in level)
+    then = _step(own_level, prompts, keys, pad_token_id)
+    plain = len(prompts) * max(prompt.length for prompt in prompts)
+    if packed_length + then.positions_computed > pays_below * plain or packed_length > pack_up_to:
+        return None
+    # Lay the prefix segments out level by level, numbered in that order.
+    ids: list[int] = []
+    positions: list[int] = []
+    segment_of_token: list[int] = []
+    first_token: list[int] = []  # per segment: where its tokens start in the row
+    parent_segment: list[int | None] = []
+    images: list[torch.Tensor] = []
+    for depth, level in enumerate(prefix_levels):
+        before = sum(len(earlier) for earlier in prefix_levels[:depth - 1]) if depth else 0
+        for row in level:
+            parent_segment.append(None if row.parent is None else before + row.parent)
+            first_token.append(len(ids))
+            segment_of_token += [len(parent_segment) - 1] * (row.end - row.start)
+            ids += prompts[row.prompt].input_ids[row.start : row.end]
+            positions += range(row.start, row.end)
+            for image, (start, end) in enumerate(keys[row.prompt].image_spans):
+                if row.start <= start and end <= row.end:  # a row holds whole images only (see _shared_split)
+                    images.append(prompts[row.prompt].pixel_values[image : image + 1])  # type: ignore[index]
+    # A segment sees itself and its ancestors; a token sees the earlier tokens of the segments it sees.
+    sees = torch.zeros((len(parent_segment), len(parent_segment)), dtype=torch.bool)
+    for segment, parent in enumerate(parent_segment):
+        sees[segment, segment] = True
+        if parent is not None:
+            sees[segment] |= sees[parent]
+    owner = torch.tensor(segment_of_token, dtype=torch.long)
+    visible = sees[owner][:, owner] & torch.ones((len(ids), len(ids)), dtype=torch.bool).tril()
+
+    # The cache rows the own-tokens step continues: one per segment of the last prefix level, holding
+    # the tokens of its chain of segments, left padded.
+    last = len(parent_segment) - len(prefix_levels[-1])
+    chains = []
+    for segment in range(last, len(parent_segment)):
+        chain: list[int] = []
+        walk: int | None = segment
+        while walk is not None:
+            length = segment_of_token.count(walk)
+            chain = list(range(first_token[walk], first_token[walk] + length)) + chain
+            walk = parent_segment[walk]
+        chains.append(chain)
+    width = max(len(chain) for chain in chains)
+    gather = torch.zeros((len(chains), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(chains), width), dtype=torch.long)
+    for row, chain in enumerate(chains):
+        gather[row, width - len(chain) :] = torch.tensor(chain, dtype=torch.long)
+        attention_mask[row, width - len(chain) :] = 1
+    return PackedPrefill(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        visible=visible,
+        pixel_values=torch.cat(images) if images else None,
+        gather=gather,
+        attention_mask=attention_mask,
+        then=then,
+    )

@@ -120,10 +120,11 @@ def decode_token_by_token(
     active = list(range(batch.rows))  # request index of each live row
     for produced in range(1, max_new_tokens + 1):
         tokens = choose(logits, [controls[request] for request in active])
+        chosen = tokens.tolist()  # one transfer per step, not one per row
         still_running: list[int] = []
         for row, request in enumerate(active):
             answer = answers[request]
-            answer.add(int(tokens[row]))
+            answer.add(chosen[row])
             cancelled = controls[request].cancelled
             if not answer.finished and cancelled is not None and cancelled():
                 answer.finish("cancelled")
