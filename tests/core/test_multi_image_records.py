@@ -163,3 +163,20 @@ def test_a_two_image_record_trains(multi_image_file, colour_world, tiny_tokenize
     losses = [entry["loss"] for entry in losses if "loss" in entry]
     assert losses and all(loss == loss and loss > 0 for loss in losses)  # finite, not NaN
     assert (result.checkpoint / "model.safetensors").is_file()
+
+
+def test_data_show_counts_images_side_by_side(multi_image_file, tiny_tokenizer_dir):
+    """`plain` drops the words between the images, so their runs meet: the view still says two images."""
+    from transformers import AutoTokenizer
+
+    from crystalvlm.data.sample_encoder import SampleEncoder
+    from crystalvlm.data.show import format_record, show_record
+    from crystalvlm.data.templates import get_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    record = read_record(multi_image_file, 0)
+    for template, expected in (("plain", "<image> x16 (x2 images)"), ("vicuna_v1", "<image> x16")):
+        encoder = SampleEncoder(tokenizer, get_template(template), tokenizer.convert_tokens_to_ids("<image>"), 16)
+        view = format_record(show_record(record, None, encoder), encoder)
+        assert expected in view and "32 image tokens" in view
+    assert "(x2 images)" not in view  # vicuna_v1 keeps the words between them: two runs of 16
