@@ -208,7 +208,8 @@ def run_study(world: Path, out: Path, train_pairs: int, eval_pairs: int, steps: 
     recipe_file.write_text(yaml.safe_dump(study_recipe(world, train_file, steps, batch_size, lr, seed), sort_keys=False))
     started = time.time()
     result = train_recipe(load_recipe(str(recipe_file)),
-                          TrainOptions(run_dir=out / "run", resume=(out / "run").exists(), progress=progress))[-1]
+                          TrainOptions(run_dir=out / "run", resume=(out / "run").exists(), save_every=200,
+                                       progress=progress))[-1]  # a killed study resumes from its last 200 steps
     train_seconds = time.time() - started
     engine = GenerationEngine.from_checkpoint(result.checkpoint, batch_size=32)
     started = time.time()
