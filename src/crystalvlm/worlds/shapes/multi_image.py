@@ -117,7 +117,9 @@ def control_pairs(questions: list[dict], seed: int) -> dict[str, list[tuple[list
 
 
 def evaluate(engine, benchmark: Path, image_root: Path, seed: int = 0, limit: int | None = None) -> dict:
-    """Accuracy with real, swapped and shuffled images (see the module docstring), greedy, 4 new tokens."""
+    """Accuracy with real, swapped and shuffled images (see the module docstring), greedy decoding.
+
+    8 new tokens: a tiny world tokenizer spells " Second</s>" in 6 tokens."""
     from PIL import Image
 
     from crystalvlm.data.templates import Turn
@@ -138,12 +140,19 @@ def evaluate(engine, benchmark: Path, image_root: Path, seed: int = 0, limit: in
     first_answers: dict[str, list[str | None]] = {}
     for condition, items in control_pairs(questions, seed).items():
         requests = [GenerationRequest([Turn("user", data["question"])], [image(n) for n in names]) for names, _ in items]
-        answers = engine.generate(requests, DecodingConfig(strategy="greedy", max_new_tokens=4))
+        answers = engine.generate(requests, DecodingConfig(strategy="greedy", max_new_tokens=8))
         parsed = [parse_answer(answer.text) for answer in answers]
         first_answers[condition] = parsed
         correct = sum(p == truth for p, (_, truth) in zip(parsed, items))
         results[condition] = {"accuracy": round(correct / len(items), 4), "answered": sum(p is not None for p in parsed),
                               "said_first": sum(p == "First" for p in parsed), "questions": len(items)}
+    # Real images by the pair's star counts ("0 vs 1", ...): which comparisons the accuracy comes from.
+    by_stars: dict[str, list[int]] = {}
+    for question, parsed in zip(questions, first_answers["real"]):
+        low, high = sorted(question["stars"])
+        by_stars.setdefault(f"{low} vs {high}", []).append(int(parsed == question["answer"]))
+    results["real_by_stars"] = {key: {"accuracy": round(sum(v) / len(v), 4), "questions": len(v)}
+                                for key, v in sorted(by_stars.items())}
     flipped = sum(a is not None and b is not None and a != b
                   for a, b in zip(first_answers["real"], first_answers["swapped"]))
     results["swap_flip_rate"] = round(flipped / len(questions), 4)
@@ -206,18 +215,24 @@ def run_study(world: Path, out: Path, train_pairs: int, eval_pairs: int, steps: 
 
     recipe_file = out / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(study_recipe(world, train_file, steps, batch_size, lr, seed), sort_keys=False))
-    started = time.time()
-    result = train_recipe(load_recipe(str(recipe_file)),
-                          TrainOptions(run_dir=out / "run", resume=(out / "run").exists(), save_every=200,
-                                       progress=progress))[-1]  # a killed study resumes from its last 200 steps
-    train_seconds = time.time() - started
-    engine = GenerationEngine.from_checkpoint(result.checkpoint, batch_size=32)
+    final = out / "run" / "finetune" / "final"
+    previous = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    if (final / "config.json").is_file() and previous.get("steps") == steps:
+        # Trained already (same settings): score again only; the training figures are the first run's.
+        checkpoint, final_loss, train_seconds = final, previous.get("final_loss"), previous.get("train_seconds", 0.0)
+    else:
+        started = time.time()
+        result = train_recipe(load_recipe(str(recipe_file)),
+                              TrainOptions(run_dir=out / "run", resume=(out / "run").exists(), save_every=200,
+                                           progress=progress))[-1]  # a killed study resumes from its last 200 steps
+        checkpoint, final_loss, train_seconds = result.checkpoint, result.final_loss, time.time() - started
+    engine = GenerationEngine.from_checkpoint(checkpoint, batch_size=32)
     started = time.time()
     scores = evaluate(engine, benchmark, world, seed)
     report = {"world": str(world), "seed": seed, "train_pairs": train_pairs, "eval_pairs": eval_pairs, "steps": steps,
               "batch_size": batch_size, "lr": lr, "llm": "parts/lm" if (world / "parts/lm/config.json").is_file() else
-              "fresh tiny LM", "final_loss": result.final_loss, "train_seconds": round(train_seconds, 1),
-              "eval_seconds": round(time.time() - started, 1), "checkpoint": str(result.checkpoint), "scores": scores}
+              "fresh tiny LM", "final_loss": final_loss, "train_seconds": round(train_seconds, 1),
+              "eval_seconds": round(time.time() - started, 1), "checkpoint": str(checkpoint), "scores": scores}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _write_html(out, report)
     return report
@@ -234,6 +249,8 @@ def _write_html(out: Path, report: dict) -> Path:
     page.table(["images", "accuracy", "answered", "said 'First'"],
                [[c, scores[c]["accuracy"], scores[c]["answered"], scores[c]["said_first"]] for c in conditions])
     page.paragraph(f"Answers that flip when the two images are swapped: {scores['swap_flip_rate']}")
+    page.table(["stars in the pair", "accuracy (real images)", "questions"],
+               [[key, value["accuracy"], value["questions"]] for key, value in scores["real_by_stars"].items()])
     fig, axis = new_figure(5, 3)
     axis.bar(conditions, [scores[c]["accuracy"] for c in conditions])
     axis.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance")
