@@ -85,9 +85,48 @@ def test_controls_swap_the_truth_and_shuffle_the_pairs():
     assert all(images != q["images"] for q, (images, _) in zip(questions, shuffled))  # no question keeps its pair
     assert sorted(map(tuple, (images for images, _ in shuffled))) == sorted(tuple(q["images"]) for q in questions)
     assert [truth for _, truth in shuffled] == [q["answer"] for q in questions]
+    for size in range(2, 24):  # never a question's own pair, whatever the count and seed
+        many = [{"images": [f"a{i}.png", f"b{i}.png"], "answer": "First"} for i in range(size)]
+        for seed in range(4):
+            assert all(images != q["images"] for q, (images, _) in zip(many, control_pairs(many, seed)["shuffled"]))
 
 
 @pytest.mark.parametrize("text, parsed", [("First", "First"), ("second.", "Second"), (" First image has more", "First"),
                                           ("Second, the", "Second"), ("Neither", None), ("", None)])
 def test_answers_are_parsed_from_their_start(text, parsed):
     assert parse_answer(text) == parsed
+
+
+def test_evaluate_sends_each_condition_its_images(tiny_checkpoint, colour_world, tmp_path):
+    """The scorer asks the benchmark's question about the real pair, the swapped pair and another
+    question's pair, and scores each against its own truth."""
+    from crystalvlm.infer.engine import GenerationEngine
+    from crystalvlm.worlds.shapes.multi_image import evaluate
+
+    from crystalvlm.worlds.shapes.multi_image import write_multi_image_benchmark
+
+    names = [f"img{i:03d}.png" for i in range(8)]
+    benchmark = tmp_path / BENCHMARK_FILE
+    write_multi_image_benchmark(benchmark, "images", names, [0, 1, 2, 0, 1, 2, 0, 3], 4, seed=0)
+    data = json.loads(benchmark.read_text())
+    for index, question in enumerate(data["questions"]):  # four different pairs, so no shuffled pair is its own
+        question.update(images=names[2 * index: 2 * index + 2], stars=[0, index + 1], answer="Second")
+    benchmark.write_text(json.dumps(data))
+    engine = GenerationEngine.from_checkpoint(tiny_checkpoint, batch_size=8)
+    sent: list[list[tuple]] = []  # (text, ids of the images): the scorer opens each file once
+    generate = engine.generate
+
+    def recording(requests, config, **kwargs):
+        sent.append([(request.turns[0].text, tuple(id(image) for image in request.images)) for request in requests])
+        return generate(requests, config, **kwargs)
+
+    engine.generate = recording
+    scores = evaluate(engine, benchmark, colour_world["images"].parent, seed=0)
+    real, swapped, shuffled = sent
+    assert all(text == prompt_text() and len(images) == 2 for text, images in real + swapped + shuffled)
+    assert [images[::-1] for _, images in real] == [images for _, images in swapped]
+    assert all(images != own for (_, own), (_, images) in zip(real, shuffled))
+    assert sorted(images for _, images in shuffled) == sorted(images for _, images in real)
+    for condition in ("real", "swapped", "shuffled"):
+        assert scores[condition]["questions"] == 4 and 0 <= scores[condition]["accuracy"] <= 1
+    assert sum(entry["questions"] for entry in scores["real_by_stars"].values()) == 4

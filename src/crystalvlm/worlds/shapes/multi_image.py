@@ -105,10 +105,12 @@ def parse_answer(text: str) -> str | None:
 def control_pairs(questions: list[dict], seed: int) -> dict[str, list[tuple[list[str], str]]]:
     """(images, answer to score against) per question, for real images and both controls."""
     rng = random.Random(f"shapes-multi-image-shuffle:{seed}")
-    others = list(range(len(questions)))
-    rng.shuffle(others)
-    # a derangement: no question keeps its own pair
-    others = [others[(position + 1) % len(others)] for position in range(len(others))]
+    order = list(range(len(questions)))
+    rng.shuffle(order)
+    # One cycle through a random order: each question takes the next one's pair, none keeps its own.
+    others = [0] * len(order)
+    for position, index in enumerate(order):
+        others[index] = order[(position + 1) % len(order)]
     flip = {"First": "Second", "Second": "First"}
     real = [(q["images"], q["answer"]) for q in questions]
     swapped = [(q["images"][::-1], flip[q["answer"]]) for q in questions]
