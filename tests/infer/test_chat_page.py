@@ -107,3 +107,29 @@ def test_chat_page_shows_refusals(live_server, page, tmp_path):
     page.click("#send")  # the image was kept for the retry
     page.wait_for_selector("#status[data-state=done]", timeout=60_000)
     assert page.locator(".message.user img").count() == 2
+
+
+def test_chat_page_sends_several_images_in_order(live_server, page, tmp_path):
+    """Two images chosen at once go with the question in the order chosen: the page's answer is the
+    API's answer to the same two images, and the user's bubble shows both."""
+    red, blue = square_image("red"), square_image("blue", (40, 56))
+    files = [tmp_path / "red.png", tmp_path / "blue.png"]
+    red.save(files[0])
+    blue.save(files[1])
+    page.fill("#api-key", API_KEY)
+    page.fill("#max-tokens", str(MAX_TOKENS))
+    page.set_input_files("#image-input", [str(file) for file in files])
+    page.wait_for_function("document.querySelectorAll('#image-preview img').length === 2")
+    page.fill("#question", "Which image is red?")
+    page.click("#send")
+    page.wait_for_selector("#status[data-state=done]", timeout=60_000)
+    api = openai.OpenAI(base_url=live_server["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=60)
+    expected = api.chat.completions.create(
+        model=MODEL_NAME, max_tokens=MAX_TOKENS,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(red)}},
+                                               {"type": "image_url", "image_url": {"url": data_url(blue)}},
+                                               {"type": "text", "text": "Which image is red?"}]}]).choices[0].message.content
+    assert page.locator(".message.assistant .text").last.text_content() == expected
+    sources = [page.locator(".message.user img").nth(i).get_attribute("src") for i in range(2)]
+    assert page.locator(".message.user img").count() == 2
+    assert sources[0] != sources[1] and all(src.startswith("data:image/png;base64,") for src in sources)

@@ -23,7 +23,7 @@ from crystalvlm.data.records import ConversationRecord
 
 log = logging.getLogger(__name__)
 
-CHECK_VERSION = 1  # bump when what check_record verifies changes: old entries then stop matching
+CHECK_VERSION = 2  # 2: records with several images are accepted. Bump when what check_record verifies changes: old entries then stop matching
 
 
 def cache_root() -> Path:

@@ -149,7 +149,7 @@ def _check_chunk_in_worker(records: list[ConversationRecord]) -> list[int | str]
 
 
 class ConversationDataset(torch.utils.data.Dataset):
-    """Encodes a prepared record on access: input_ids, labels and pixel_values (1, 3, S, S) or None."""
+    """Encodes a prepared record on access: input_ids, labels and pixel_values (N_images, 3, S, S) or None."""
 
     def __init__(self, prepared: PreparedData, encoder: SampleEncoder):
         self.items = prepared.items

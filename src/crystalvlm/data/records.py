@@ -2,6 +2,9 @@
 
 A record is `{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value": str}]}`
 where `image` is a path relative to an image folder, a list of such paths, or absent (text-only).
+Each image is placed by its own `<image>` in the conversation's text: the n-th `<image>` (reading the
+turns in order) is the n-th path of `image`, so images may sit anywhere, between words and across
+turns (interleaved, multi-image records). Placeholders and paths must be equally many.
 Files are a JSON list or JSON lines. Reading never stops at a bad record: every problem is kept as
 a `RecordProblem` naming the file, the line or index, the record id and the reason.
 """
@@ -100,7 +103,8 @@ def parse_record(source: str, item: object) -> ConversationRecord:
     placeholders = sum(turn.text.count(IMAGE_PLACEHOLDER) for turn in turns)
     if placeholders != len(images):
         raise ValueError(
-            f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {len(images)} image(s); they must match"
+            f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) in the conversation for {len(images)} image(s) in "
+            f"'image'; each image needs its own {IMAGE_PLACEHOLDER} in the text, in the order of 'image'"
         )
     body = turns[1:] if turns[0].role == "system" else turns
     if not body or body[0].role != "user":
@@ -145,4 +149,6 @@ def read_record(path: str | Path, index: int) -> ConversationRecord:
     try:
         return parse_record(source, item)
     except ValueError as error:
-        raise ValueError(f"{source}: record is malformed: {error}") from None
+        record_id = item.get("id") if isinstance(item, dict) else None
+        who = f"record {str(record_id)!r}" if record_id is not None else "record"
+        raise ValueError(f"{source}: {who} is malformed: {error}") from None

@@ -90,8 +90,6 @@ class SampleEncoder:
         def problem(reason: str) -> RecordProblem:
             return RecordProblem(record.source, record.record_id, reason)
 
-        if len(record.images) > 1:
-            return problem(f"{len(record.images)} images in one record; this model takes one image per sample")
         if record.has_image:
             if image_folder is None:
                 return problem("record has an image but no image folder was given")
@@ -112,7 +110,8 @@ class SampleEncoder:
         return len(ids)
 
     def sample(self, record: ConversationRecord, image_folder: Path | None) -> dict:
-        """A training sample: input_ids and labels (lists of T ints), pixel_values (1, 3, S, S) or None."""
+        """A training sample: input_ids and labels (lists of T ints), pixel_values (N_images, 3, S, S) in the
+        order of the record's `<image>` placeholders (its `image` list), or None."""
         ids, labels = self.encode(record.turns)
         pixel_values = None
         if record.has_image:

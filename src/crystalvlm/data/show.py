@@ -52,7 +52,7 @@ def format_record(shown: ShownRecord, encoder: SampleEncoder) -> str:
     lines.append("runs (T = trained):")
     for start, end, is_trained in _runs(ids, labels, encoder.image_token_id):
         if ids[start] == encoder.image_token_id:
-            text = f"<image> x{end - start}"
+            text = _image_run(end - start, encoder.tokens_per_image)
         else:
             text = repr(tokenizer.decode(ids[start:end], skip_special_tokens=False))
         lines.append(f"  {'T' if is_trained else '-'} {end - start:5d}  {text}")
@@ -66,6 +66,13 @@ def format_record(shown: ShownRecord, encoder: SampleEncoder) -> str:
             pieces.append(f"[{token}]" if is_trained else token)
     lines.append(" ".join(pieces))
     return "\n".join(lines)
+
+
+def _image_run(length: int, tokens_per_image: int) -> str:
+    """An image-token run: `<image> x576`, or for images placed side by side `<image> x576 (x2 images)`."""
+    if tokens_per_image and length > tokens_per_image and length % tokens_per_image == 0:
+        return f"<image> x{tokens_per_image} (x{length // tokens_per_image} images)"
+    return f"<image> x{length}"
 
 
 def _runs(ids: list[int], labels: list[int], image_token_id: int) -> list[tuple[int, int, bool]]:

@@ -107,8 +107,8 @@ class Template:
         for turn in turns:
             if turn.role == "user":
                 content = turn.text
-                if self.first_turn_only_image:
-                    content = IMAGE_PLACEHOLDER if IMAGE_PLACEHOLDER in content else ""
+                if self.first_turn_only_image:  # one placeholder per image, the words dropped
+                    content = IMAGE_PLACEHOLDER * content.count(IMAGE_PLACEHOLDER)
                 pending += self.user_format.format(content=content)
             else:
                 pieces.append(Segment(pending, trained=False))

@@ -1,7 +1,8 @@
 """`crystalvlm generate | chat | serve`: answering questions about images from the command line.
 
     crystalvlm generate runs/tiny/finetune --image cat.png --prompt "What is in the image?"
-    crystalvlm chat runs/tiny/finetune            # then: /image cat.png, questions, /reset, /quit
+    crystalvlm generate runs/tiny/finetune --image a.png --image b.png --prompt "Which image has more stars?"
+    crystalvlm chat runs/tiny/finetune            # then: /image cat.png [dog.png ...], questions, /reset, /quit
     crystalvlm serve runs/tiny/finetune --port 8000 --api-key secret
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from crystalvlm.infer.launch import add_device_arguments, checkpoint_name, resolve_device_and_dtype
 
-CHAT_HELP = "commands: /image PATH (start a new chat about that image), /reset, /quit; anything else is a question"
+CHAT_HELP = ("commands: /image PATH [PATH ...] (start a new chat about that image, or those images in that order), "
+             "/reset, /quit; anything else is a question")
 
 
 def add_infer_subcommands(subparsers) -> None:
@@ -23,7 +25,10 @@ def add_infer_subcommands(subparsers) -> None:
     defaults = ServerLimits()
     generate = subparsers.add_parser("generate", help="answer one question about an image")
     _add_model_arguments(generate)
-    generate.add_argument("--image", help="an image file (optional: text-only questions work too)")
+    generate.add_argument("--image", action="append", metavar="PATH",
+                          help="an image file; repeat for several images, placed by the prompt's <image> tags in order "
+                               "or, without tags, each as '<image>\\n' before the prompt (optional: text-only questions "
+                               "work too)")
     generate.add_argument("--prompt", required=True, help="the question")
     generate.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate")
     generate.add_argument("--decoding", default="greedy", help="greedy | sample:... | beam:num_beams=3 | opera | vcd:alpha=1 ...")
@@ -31,7 +36,8 @@ def add_infer_subcommands(subparsers) -> None:
 
     chat = subparsers.add_parser("chat", help="a terminal chat (reads questions from stdin)")
     _add_model_arguments(chat)
-    chat.add_argument("--image", help="the first image to talk about")
+    chat.add_argument("--image", action="append", metavar="PATH",
+                      help="the first image to talk about; repeat for several (they go with the first question, in order)")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate per answer")
     chat.add_argument("--decoding", default="greedy", help="greedy | sample:... | beam:num_beams=3 | opera | vcd:alpha=1 ...")
     chat.set_defaults(func=run_chat)
@@ -98,6 +104,18 @@ def _read_image(path: str):
     return decode_image_bytes(file.read_bytes(), label=str(path))
 
 
+def _image_paths(argument: str) -> list[str]:
+    """`/image`'s paths: the whole argument when it names a file (a path with spaces), else shell-style words."""
+    import shlex
+
+    if not argument or Path(argument).is_file():
+        return [argument]
+    try:
+        return shlex.split(argument)
+    except ValueError:  # an unbalanced quote: let the file check name the path
+        return [argument]
+
+
 def _config(args: argparse.Namespace):
     from crystalvlm.infer.decoding.config import DecodingConfig
 
@@ -111,13 +129,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         config = _config(args)
-        images = [_read_image(args.image)] if args.image else []
+        images = [_read_image(path) for path in args.image or []]
         device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)  # e.g. --device cuda without a GPU
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     engine = _load_engine(args, device_and_dtype=device_and_dtype)
-    text = (IMAGE_PLACEHOLDER + "\n" if images else "") + args.prompt
+    # A prompt that places its images itself keeps them there (interleaved); else LLaVA's "<image>\n" in front.
+    placed = IMAGE_PLACEHOLDER in args.prompt
+    text = args.prompt if placed else (IMAGE_PLACEHOLDER + "\n") * len(images) + args.prompt
     try:
         result = engine.generate([GenerationRequest([Turn("user", text)], images)], config)[0]
     except RequestError as error:
@@ -134,7 +154,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
     try:
         config = _config(args)
-        image = _read_image(args.image) if args.image else None
+        images = [_read_image(path) for path in args.image or []]
         device_and_dtype = resolve_device_and_dtype(args.device, args.dtype)
     except (ValueError, FileNotFoundError, ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -156,26 +176,26 @@ def run_chat(args: argparse.Namespace) -> int:
         if line in ("/quit", "/exit"):
             return 0
         if line == "/reset":
-            turns, image = [], None
+            turns, images = [], []
             print("(new chat)")
             continue
         if line.startswith("/image"):
-            path = line[len("/image"):].strip()
+            paths = _image_paths(line[len("/image"):].strip())
             try:
-                image = _read_image(path)
+                images = [_read_image(path) for path in paths]
             except (FileNotFoundError, ImageError) as error:
                 print(f"error: {error}")
                 continue
             turns = []
-            print(f"(new chat about {path})")
+            print(f"(new chat about {', '.join(paths)})")
             continue
         if line.startswith("/"):
             print(f"unknown command {line.split()[0]}; {CHAT_HELP}")
             continue
-        # LLaVA's convention: the image goes with the first question of a chat.
-        first_with_image = image is not None and not turns
-        question = Turn("user", (IMAGE_PLACEHOLDER + "\n" if first_with_image else "") + line)
-        request = GenerationRequest(turns + [question], [image] if image is not None else [])
+        # LLaVA's convention: the images go with the first question of a chat, one "<image>\n" each.
+        placeholders = len(images) if not turns else 0
+        question = Turn("user", (IMAGE_PLACEHOLDER + "\n") * placeholders + line)
+        request = GenerationRequest(turns + [question], images)
         print("assistant> ", end="", flush=True)
         pieces = []
         try:

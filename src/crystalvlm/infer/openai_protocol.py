@@ -266,6 +266,7 @@ def _turns_and_images(messages: list[Message], limits: ServerLimits) -> tuple[li
         where = f"messages[{index}]"
         role = ROLES[message.role]
         content = message.content
+        pieces: list[str | None] = []  # the message's parts in order: a text, or None for an image
         if isinstance(content, str):
             _refuse_placeholder(content, f"{where}.content")
             texts, message_images = [content], []
@@ -276,6 +277,7 @@ def _turns_and_images(messages: list[Message], limits: ServerLimits) -> tuple[li
                 if isinstance(part, TextPart):
                     _refuse_placeholder(part.text, f"{part_where}.text")
                     texts.append(part.text)
+                    pieces.append(part.text)
                 elif role != "user":
                     raise ApiError(400, f"{part_where}: only user messages may carry images", part_where)
                 else:
@@ -283,6 +285,7 @@ def _turns_and_images(messages: list[Message], limits: ServerLimits) -> tuple[li
                         raise ApiError(400, f"more than {limits.max_images} images in one request", "messages")
                     url = part.image_url.url if isinstance(part.image_url, ImageUrl) else part.image_url
                     message_images.append(ImageReference(part_where, url=url))
+                    pieces.append(None)
         text = "\n".join(texts)
         characters += len(text)
         if limits.max_prompt_chars is not None and characters > limits.max_prompt_chars:
@@ -290,13 +293,32 @@ def _turns_and_images(messages: list[Message], limits: ServerLimits) -> tuple[li
                                 f"{limits.max_prompt_tokens} tokens' worth; this server accepts at most "
                                 f"{limits.max_prompt_tokens} tokens", "messages", "context_length_exceeded")
         images += message_images
-        # LLaVA's convention: each image becomes "<image>\n" in front of the text of its message.
-        turns.append(Turn(role, (IMAGE_PLACEHOLDER + "\n") * len(message_images) + text))
+        turns.append(Turn(role, _message_text(pieces, texts, len(message_images))))
     if turns[-1].role != "user":
         raise ApiError(400, "the last message must come from the user", "messages")
     for reference in images:
         _read_image_url(reference, limits)
     return turns, images
+
+
+def _message_text(pieces: list[str | None], texts: list[str], image_count: int) -> str:
+    """A message's text with one `<image>` per image part.
+
+    LLaVA's convention, which single-image models are trained on: each image becomes "<image>\\n" in
+    front of the message's text, wherever its part was. Several images with text between them
+    (interleaved: "first:", image, "second:", image, question) keep their places instead, each image
+    "<image>\\n" and each text followed by "\\n" when more parts follow; with all images first both
+    rules give the same text."""
+    front = (IMAGE_PLACEHOLDER + "\n") * image_count + "\n".join(texts)
+    if image_count < 2:
+        return front
+    rendered = ""
+    for index, piece in enumerate(pieces):
+        if piece is None:
+            rendered += IMAGE_PLACEHOLDER + "\n"
+        else:
+            rendered += piece + ("\n" if index < len(pieces) - 1 else "")
+    return rendered
 
 
 def _refuse_placeholder(text: str, where: str) -> None:

@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, fields
 
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER
+from crystalvlm.worlds.shapes.multi_image import multi_image_records, star_count
 from crystalvlm.worlds.shapes.captions import align_caption, detailed_description, join_words, object_phrase, sentence_caption
 from crystalvlm.worlds.shapes.questions import (
     BRIEF_PROMPTS, CAPTION_PROMPT, DETAIL_PROMPTS, IMAGE_TASKS, OPTION_LETTERS, PEOPLE, QA, QA_GENERATORS,
@@ -52,6 +53,9 @@ class FinetuneMix:
     # Share of detailed descriptions that name one absent object as if it were there (the shape that
     # co-occurs most with the present ones): the hallucinations of machine-written instruction data.
     description_noise: float = 0.0
+    # Extra two-image records ("Which image has more stars?", multi_image.py), as a share of the mix's
+    # records; 0 (the default world) makes none, and the benchmark multi_image_stars.json is not written.
+    multi_image: float = 0.0
 
     def __post_init__(self) -> None:
         for name in TASKS:
@@ -64,15 +68,17 @@ class FinetuneMix:
             raise ValueError(f"FinetuneMix.records_per_image must be positive, got {self.records_per_image!r}")
         if not 0.0 <= self.description_noise <= 1.0:
             raise ValueError(f"FinetuneMix.description_noise must be in [0, 1], got {self.description_noise!r}")
+        if not isinstance(self.multi_image, (int, float)) or self.multi_image < 0:
+            raise ValueError(f"FinetuneMix.multi_image must be a non-negative number, got {self.multi_image!r}")
 
     def shares(self) -> dict[str, float]:
         total = sum(getattr(self, name) for name in TASKS)
         return {name: getattr(self, name) / total for name in TASKS}
 
     def to_dict(self) -> dict:
-        # description_noise only when on, so a plain world's manifest reads as it always did
+        # description_noise and multi_image only when on, so a plain world's manifest reads as it always did
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "description_noise" or self.description_noise}
+                if f.name not in ("description_noise", "multi_image") or getattr(self, f.name)}
 
 
 
@@ -345,6 +351,11 @@ def build_finetune_records(
     for index in range(n_text):
         records.append(text_only_record(index, random.Random(f"shapes-text-only:{seed}:{index}")))
         task_counts["text_only"] += 1
+    counts = {task: task_counts[task] for task in TASKS}
+    if mix.multi_image > 0:  # off by default: the default mix's records and order stay as they were
+        n_multi = max(1, round(total * mix.multi_image))
+        records += multi_image_records(images, [star_count(scene.objects) for scene in scenes], n_multi, seed)
+        counts["multi_image"] = n_multi
     random.Random(f"shapes-finetune-order:{seed}").shuffle(records)
     labels = {family: {"yes": c[True], "no": c[False]} for family, c in sorted(balancer.counts.items())}
-    return FinetuneSet(records, {task: task_counts[task] for task in TASKS}, labels)
+    return FinetuneSet(records, counts, labels)

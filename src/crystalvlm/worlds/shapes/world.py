@@ -42,9 +42,14 @@ class ShapesWorld(World):
     pretrained_parts = ("clip", "lm")
 
     def prepare(self, folder: Path, settings: dict, seed: int = 0, progress: bool = True, resources=None) -> dict:
+        from crystalvlm.worlds.shapes.mixture import FinetuneMix
         from crystalvlm.worlds.shapes.prepare import prepare_tiny_world
 
-        return prepare_tiny_world(folder, settings, seed=seed, progress=progress)
+        # `prepare.multi_image: SHARE` adds two-image records and their benchmark (multi_image.py); absent
+        # in recipe `tiny`, so the default world is written exactly as before.
+        multi_image = float(settings.get("multi_image") or 0)
+        options = {"mix": FinetuneMix(multi_image=multi_image)} if multi_image else None
+        return prepare_tiny_world(folder, settings, seed=seed, progress=progress, data_options=options)
 
     def tasks(self, folder: Path, settings: dict, resources=None) -> list:
         return build_quickstart_tasks(folder)

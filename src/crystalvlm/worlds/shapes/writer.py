@@ -42,6 +42,7 @@ from crystalvlm.worlds.shapes.benchmarks import (
 from crystalvlm.worlds.shapes.captions import shape_caption
 from crystalvlm.worlds.shapes.corpus import existence_survey_line, grounded_corpus_line
 from crystalvlm.worlds.shapes.mixture import FinetuneMix, align_record, build_finetune_records
+from crystalvlm.worlds.shapes.multi_image import BENCHMARK_FILE as MULTI_IMAGE_BENCHMARK, star_count, write_multi_image_benchmark
 
 WORLD_NAME = "shapes"
 FORMAT_VERSION = 1
@@ -155,7 +156,8 @@ def write_shapes_world(
     write_json(out_dir / "align.json", align, sort_keys=False)
     write_json(out_dir / "finetune.json", finetune.records, sort_keys=False)
     scene_of = dict(zip(train_images, train_scenes))
-    corpus = [grounded_corpus_line(record, scene_of.get(record.get("image", ""))) for record in align + finetune.records]
+    corpus = [grounded_corpus_line(record, scene_of.get(record["image"]) if isinstance(record.get("image"), str) else None)
+              for record in align + finetune.records]  # a two-image record (multi_image) has no one scene
     corpus += [existence_survey_line(scene, random.Random(f"shapes-survey:{seed}:{index}"))
                for index, scene in enumerate(train_scenes)]
     (out_dir / "text_corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
@@ -190,6 +192,11 @@ def write_shapes_world(
                {"image_root": "benchmarks/scienceqa/images/test", "images": scienceqa_annotations})
     write_json(annotations_dir / "textvqa.json",
                {"image_root": "benchmarks/textvqa/train_images", "images": textvqa_annotations})
+    benchmarks = {"pope": pope, "mme": mme, "scienceqa": scienceqa, "textvqa": textvqa, "chair": chair}
+    if mix.multi_image > 0:  # two-image star questions over the POPE images (off by default)
+        benchmarks["multi_image"] = write_multi_image_benchmark(
+            out_dir / "benchmarks" / MULTI_IMAGE_BENCHMARK, eval_folder, eval_names,
+            [star_count(scene.objects) for scene in eval_scenes], n_eval, seed)
 
     # ---- manifest
     shape_totals = Counter(obj.shape for scene in train_scenes for obj in scene.objects)
@@ -222,7 +229,7 @@ def write_shapes_world(
         "finetune_task_counts": finetune.task_counts,
         "finetune_yes_no_counts": finetune.label_counts,
         "train_statistics": {**stats.to_dict(), "object_count_by_shape": {s: shape_totals[s] for s in SHAPES}},
-        "benchmarks": {"pope": pope, "mme": mme, "scienceqa": scienceqa, "textvqa": textvqa, "chair": chair},
+        "benchmarks": benchmarks,
     }
     manifest["sha256"] = _hash_files(out_dir)
     write_json(out_dir / "manifest.json", manifest, indent=1)
