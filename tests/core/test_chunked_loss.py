@@ -32,13 +32,15 @@ def test_chunked_loss_equals_the_full_loss_and_its_gradients(layout):
     # A chunk smaller than the trained positions, not dividing them: several chunks and a ragged last one.
     chunk = 7
     assert trained > 2 * chunk and trained % chunk
-    chunked = NextTokenObjective(lm_head=model.get_output_embeddings(), chunk_size=chunk)
-    chunked_loss, chunked_grads = _loss_and_gradients(model, chunked, batch)
-    assert torch.allclose(chunked_loss, full_loss, rtol=LOSS_TOLERANCE)
-    assert chunked_grads.keys() == full_grads.keys()
     scale = max(float(grad.abs().max()) for grad in full_grads.values())
-    for name, grad in full_grads.items():
-        assert float((chunked_grads[name] - grad).abs().max()) < GRADIENT_TOLERANCE * scale, name
+    # In chunks outside the forward; and (FSDP's variant) the trained positions' logits inside it.
+    for objective in (NextTokenObjective(lm_head=model.get_output_embeddings(), chunk_size=chunk),
+                      NextTokenObjective(trained_positions_only=True)):
+        loss, grads = _loss_and_gradients(model, objective, batch)
+        assert torch.allclose(loss, full_loss, rtol=LOSS_TOLERANCE)
+        assert grads.keys() == full_grads.keys()
+        for name, grad in full_grads.items():
+            assert float((grads[name] - grad).abs().max()) < GRADIENT_TOLERANCE * scale, name
 
 
 def test_chunks_never_hold_more_than_one_chunk_of_logits():
@@ -80,3 +82,16 @@ def test_text_only_micro_batch_reaches_a_trained_projector():
         assert all(grad is not None and float(grad.abs().max()) == 0.0 for grad in grads)
     finally:
         anchor.remove()
+
+
+def test_memory_estimate_counts_one_chunk_of_logits():
+    from crystalvlm.train.memory_estimate import LaunchPlan, ModelShape, estimate_memory
+
+    shape = ModelShape(trainable=7_000_000_000, frozen=300_000_000, hidden_size=4096, layers=32, vocab_size=32000)
+    plan = LaunchPlan(precision="bf16", sharding="none", world_size=1, batch_size=16, max_length=2048,
+                      gradient_checkpointing=True)
+    full = estimate_memory(shape, plan)
+    chunked = estimate_memory(shape, LaunchPlan(**{**plan.__dict__, "loss_chunk_size": 1024}))
+    assert full.logits == 16 * 2048 * 32000 * 14  # every token's logits: bf16, fp32 copy, log-softmax, gradient
+    assert chunked.logits == 1024 * 32000 * 14
+    assert chunked.total < full.total

@@ -9,6 +9,10 @@ one chunk's logits (chunk_size x V) exist at any moment.
 
 Same sum, same gradients as `cross_entropy(logits[:, :-1], labels[:, 1:], reduction="sum")` up to
 floating-point summation order (tests/core/test_chunked_loss.py states the tolerance).
+
+Under FSDP the LM head's weight is sharded outside the model's forward, so there the head runs inside
+the forward instead, on the trained positions only (`trained_positions_cross_entropy_sum`): the
+logits of those positions are built whole (N x V), still far fewer than B x T x V.
 """
 
 from __future__ import annotations
@@ -50,3 +54,12 @@ def chunked_cross_entropy_sum(hidden: torch.Tensor, targets: torch.Tensor, lm_he
         total = total + checkpoint(_chunk_loss, hidden[piece], lm_head.weight, lm_head.bias, targets[piece],
                                    use_reentrant=False)
     return total
+
+
+def trained_positions_cross_entropy_sum(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross entropy with the LM head applied, inside the model's forward, to the trained
+    positions alone (`logits_to_keep` as a (B, T) mask gives (N, V) logits)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, T)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (N, V)
+    return F.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="sum")

@@ -54,7 +54,8 @@ from crystalvlm.models.build import ModelSpec, build_llava
 from crystalvlm.models.checkpoint import CheckpointInfo, checkpoint_revision, load_checkpoint, resolve_model, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
-from crystalvlm.train.chunked_loss import chunked_cross_entropy_sum, trained_hidden_states
+from crystalvlm.train.chunked_loss import (chunked_cross_entropy_sum, trained_hidden_states,
+                                           trained_positions_cross_entropy_sum)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
 from crystalvlm.train.memory_estimate import check_stage_memory
@@ -157,11 +158,13 @@ def _sources(recipe: Recipe, stage: StageConfig, options: TrainOptions) -> list[
 class NextTokenObjective:
     """A sft stage's loss: summed cross entropy over trained tokens; the loop divides by the trained
     tokens of the whole global batch. With `lm_head` and `chunk_size` (the stage's `loss: chunked`)
-    the full logits are never built (train/chunked_loss.py)."""
+    the full logits are never built; with `trained_positions_only` (the same under FSDP) only the
+    trained positions' logits are (train/chunked_loss.py)."""
 
     unit: str = "tokens"
     lm_head: torch.nn.Module | None = None
     chunk_size: int | None = None
+    trained_positions_only: bool = False
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
@@ -171,6 +174,8 @@ class NextTokenObjective:
         if self.chunk_size is not None:
             hidden, targets = trained_hidden_states(model, inputs, batch["labels"])  # (N, D), (N,)
             return chunked_cross_entropy_sum(hidden, targets, self.lm_head, self.chunk_size), {}
+        if self.trained_positions_only:
+            return trained_positions_cross_entropy_sum(model, inputs, batch["labels"]), {}
         logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return _ce_sum(logits, batch["labels"]), {}
 
@@ -275,9 +280,10 @@ def reference(run: StageRun, model, dataset, pad_token_id: int, init_from: Path 
         if run.stage.loss != "chunked":
             return NextTokenObjective()
         if run.accelerator.distributed_type == DistributedType.FSDP:
-            # The chunked loss calls the LM head outside the model's forward, where FSDP keeps it sharded.
-            run.say(f"stage {run.stage.name}: loss: chunked is not available under FSDP; using the full loss")
-            return NextTokenObjective()
+            # Chunks call the LM head outside the model's forward, where FSDP keeps it sharded.
+            run.say(f"stage {run.stage.name}: loss: chunked under FSDP: logits of the trained positions only, "
+                    "built whole (not in chunks)")
+            return NextTokenObjective(trained_positions_only=True)
         return NextTokenObjective(lm_head=run.accelerator.unwrap_model(model).get_output_embeddings(),
                                   chunk_size=run.stage.loss_chunk_size)
     sources = _sources(run.recipe, run.stage, run.options)
