@@ -616,17 +616,17 @@ def summarise(step_ends: list[float], plan: list[StepTokens], warmup: int, flops
 
 
 def run_ours(shape: Shape, data: SyntheticData, records: EncodedRecords, args, device: torch.device,
-             peak_flops: float | None, run_dir: Path) -> dict:
-    """crystalvlm's trainer, with packing and the chunked loss, over `args.steps` steps."""
+             peak_flops: float | None, run_dir: Path, packing: bool = True, loss: str = "chunked") -> dict:
+    """crystalvlm's trainer, by default with packing and the chunked loss, over `args.steps` steps."""
     precision = "bf16" if device.type == "cuda" else "fp32"
     recipe = make_recipe(shape, data, precision, args.batch_size, args.steps, args.gradient_checkpointing, args.seed,
-                         args.max_length, packing=True, loss="chunked")
-    plan = our_steps(records, args.batch_size, args.seed, args.steps, packing=True)
+                         args.max_length, packing=packing, loss=loss)
+    plan = our_steps(records, args.batch_size, args.seed, args.steps, packing=packing)
     if sum(step.samples for step in plan) != len(records.lengths):
         raise RuntimeError("our trainer's steps would not see every record once")
     record = BuildRecord()
     reset_between_runs(device)
-    settings = {"trainer": "crystalvlm train_recipe", "precision": precision, "packing": True, "loss": "chunked",
+    settings = {"trainer": "crystalvlm train_recipe", "precision": precision, "packing": packing, "loss": loss,
                 "loss_chunk_size": recipe.stages[0].loss_chunk_size, "group_by_modality_length": True,
                 "optimizer": "torch.optim.AdamW (foreach)"}
     started = time.perf_counter()
@@ -744,7 +744,12 @@ def measure_shape(shape: Shape, args, device: torch.device, peak_flops: float | 
     print(f"[{shape.name}] ours (packing, chunked loss): {args.steps} steps of batch {args.batch_size} ...", flush=True)
     runs["ours"] = run_ours(shape, data, records, args, device, peak_flops, work / shape.name / "run_ours")
     print(f"[{shape.name}] ours: {describe_run(runs['ours'])}", flush=True)
-    both = all(run["status"] == "ok" for run in runs.values())
+    if args.ablation:
+        print(f"[{shape.name}] ours without packing or chunked loss (grouping only) ...", flush=True)
+        runs["ours_padded"] = run_ours(shape, data, records, args, device, peak_flops,
+                                       work / shape.name / "run_ours_padded", packing=False, loss="full")
+        print(f"[{shape.name}] ours_padded: {describe_run(runs['ours_padded'])}", flush=True)
+    both = runs["baseline"]["status"] == runs["ours"]["status"] == "ok"
     return {
         "shape": shape.name,
         "description": shape.description,
@@ -859,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak, TFLOP/s (default by GPU name)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for both runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run our trainer without packing and with the full loss (modality grouping only)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
