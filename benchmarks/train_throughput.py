@@ -726,6 +726,14 @@ def run_hf_trainer(shape: Shape, data: SyntheticData, args, device: torch.device
 
 
 # ---------------------------------------------------------------------------- a shape, both trainers
+def with_load(run, *arguments, **keywords) -> dict:
+    """`run`'s figures with the machine's 1-minute load average before and after it (a shared machine's
+    load moves between the runs; it is recorded beside each)."""
+    before = os.getloadavg()[0]
+    figures = run(*arguments, **keywords)
+    return {**figures, "load_average_1min_before_after": [round(before, 2), round(os.getloadavg()[0], 2)]}
+
+
 def measure_shape(shape: Shape, args, device: torch.device, peak_flops: float | None, work: Path) -> dict:
     records_count = args.batch_size * args.steps  # one epoch: every record once in each run
     started = time.perf_counter()
@@ -739,15 +747,15 @@ def measure_shape(shape: Shape, args, device: torch.device, peak_flops: float | 
           f"length mean {records.stats['mean']}, max {records.stats['max']} ({data_seconds:.1f} s)", flush=True)
     runs = {}
     print(f"[{shape.name}] baseline (HF Trainer, padded): {args.steps} steps of batch {args.batch_size} ...", flush=True)
-    runs["baseline"] = run_hf_trainer(shape, data, args, device, peak_flops, work / shape.name / "run_hf")
+    runs["baseline"] = with_load(run_hf_trainer, shape, data, args, device, peak_flops, work / shape.name / "run_hf")
     print(f"[{shape.name}] baseline: {describe_run(runs['baseline'])}", flush=True)
     print(f"[{shape.name}] ours (packing, chunked loss): {args.steps} steps of batch {args.batch_size} ...", flush=True)
-    runs["ours"] = run_ours(shape, data, records, args, device, peak_flops, work / shape.name / "run_ours")
+    runs["ours"] = with_load(run_ours, shape, data, records, args, device, peak_flops, work / shape.name / "run_ours")
     print(f"[{shape.name}] ours: {describe_run(runs['ours'])}", flush=True)
     if args.ablation:
         print(f"[{shape.name}] ours without packing or chunked loss (grouping only) ...", flush=True)
-        runs["ours_padded"] = run_ours(shape, data, records, args, device, peak_flops,
-                                       work / shape.name / "run_ours_padded", packing=False, loss="full")
+        runs["ours_padded"] = with_load(run_ours, shape, data, records, args, device, peak_flops,
+                                        work / shape.name / "run_ours_padded", packing=False, loss="full")
         print(f"[{shape.name}] ours_padded: {describe_run(runs['ours_padded'])}", flush=True)
     both = runs["baseline"]["status"] == runs["ours"]["status"] == "ok"
     return {
