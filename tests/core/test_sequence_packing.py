@@ -99,3 +99,15 @@ def test_packing_without_a_boundary_would_leak_attention():
     leaking = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).expand_as(packed["input_ids"]))
     with torch.no_grad():
         assert not torch.allclose(_per_token_losses(model, packed), _per_token_losses(model, leaking), atol=1e-4)
+
+
+def test_no_sample_is_trained_on_predicting_the_next_samples_first_token():
+    samples = tiny_samples(seed=1, count=7)
+    for sample in samples:
+        sample["labels"] = list(sample["input_ids"])  # every token trained, the first one too
+    packed = collate_packed(samples, pad_token_id=0)
+    starts = packed["position_ids"] == 0  # (R, W): first positions of samples (and of row-end padding)
+    assert (packed["labels"][starts] == -100).all()
+    padded = collate_conversations(samples, pad_token_id=0)
+    # The same targets as the padded batch, where a first label is never a target.
+    assert int((packed["labels"][:, 1:] != -100).sum()) == int((padded["labels"][:, 1:] != -100).sum())

@@ -56,6 +56,9 @@ def collate_packed(samples: list[dict], pad_token_id: int, row_length: int | Non
             end = start + lengths[index]
             input_ids[row, start:end] = torch.tensor(samples[index]["input_ids"])
             labels[row, start:end] = torch.tensor(samples[index]["labels"])
+            # A sample's first label is never a target in a padded batch (targets are shifted by one);
+            # packed, it would be predicted from the previous sample's last token: it stays untrained.
+            labels[row, start] = IGNORE_INDEX
             position_ids[row, start:end] = torch.arange(lengths[index])
             start = end
         position_ids[row, start:] = torch.arange(width - start)
