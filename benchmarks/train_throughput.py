@@ -652,6 +652,9 @@ def run_hf_trainer(shape: Shape, data: SyntheticData, args, device: torch.device
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     stage_plan = STAGES[shape.stage]
+    if len(set(stage_plan.lr.values())) != 1:
+        raise ValueError(f"{shape.stage}: HF Trainer takes one learning rate; the stage has {stage_plan.lr}")
+    (learning_rate,) = set(stage_plan.lr.values())
     template = get_template(stage_plan.template)
     recipe = make_recipe(shape, data, "fp32", args.batch_size, args.steps, args.gradient_checkpointing, args.seed,
                          args.max_length)
@@ -698,7 +701,7 @@ def run_hf_trainer(shape: Shape, data: SyntheticData, args, device: torch.device
 
     arguments = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=args.batch_size, max_steps=args.steps,
-        learning_rate=stage_plan.lr["llm"], lr_scheduler_type="cosine",
+        learning_rate=learning_rate, lr_scheduler_type="cosine",
         warmup_steps=math.ceil(WARMUP_RATIO * args.steps), weight_decay=0.0, max_grad_norm=1.0,
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, bf16=device.type == "cuda",
         use_cpu=device.type == "cpu", gradient_checkpointing=args.gradient_checkpointing,
@@ -858,7 +861,8 @@ def read_entries(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where both trainers run (default: cuda when a GPU is visible)")
     parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
                         help="default: tiny on cpu; finetune-7b on cuda (finetune-3.5b if that does not fit)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of each run (default: 40 cpu, 14 cuda)")
@@ -871,10 +875,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=2048, help="the stage's max_length; ShareGPT records reach it")
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak, TFLOP/s (default by GPU name)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, fixed for both runs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="data, initial weights and batch order")
     parser.add_argument("--ablation", action="store_true",
                         help="also run our trainer without packing and with the full loss (modality grouping only)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (entries of other shapes are kept)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
