@@ -133,3 +133,42 @@ def llama3_style_tokenizer():
         vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
                                    additional_special_tokens=specials)
+
+
+IMAGE_TOKEN_ID = 99  # the tiny Llava's `<image>` id (vocabulary of 100)
+
+
+def tiny_llava(seed: int = 0, attention: str = "sdpa"):
+    """A random tiny LlavaForConditionalGeneration (CLIP 32 px / patch 8: 16 image tokens; Llama 64 wide,
+    2 layers, vocabulary 100 with `<image>` = IMAGE_TOKEN_ID), built without a tokenizer, in train mode."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config
+
+    vision = {k: v for k, v in tiny_vision_config(image_size=32, patch_size=8, hidden=32, layers=2).items() if k != "model_type"}
+    text = {k: v for k, v in tiny_llm_config(100, hidden=64, layers=2, max_positions=256).items() if k != "model_type"}
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**text),
+                         image_token_id=IMAGE_TOKEN_ID, image_seq_length=16, projector_hidden_act="gelu")
+    config._attn_implementation = attention
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config).train()
+
+
+def tiny_samples(seed: int = 0, count: int = 7) -> list[dict]:
+    """Encoded samples as `SampleEncoder.sample` gives them (input_ids, labels, pixel_values) for
+    `tiny_llava`: some with one image (16 `<image>` tokens after BOS), some text-only; lengths 6-60."""
+    import random
+
+    import torch
+
+    rng = random.Random(seed)
+    samples = []
+    for index in range(count):
+        with_image = index % 3 != 2
+        prompt = [1] + ([IMAGE_TOKEN_ID] * 16 if with_image else []) + [rng.randrange(3, 90) for _ in range(rng.randint(2, 12))]
+        answer = [rng.randrange(3, 90) for _ in range(rng.randint(1, 30))]
+        samples.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer,
+                        "pixel_values": torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(index))
+                        if with_image else None})
+    return samples

@@ -55,6 +55,9 @@ def _anchor_text_only_batches(llava_model, args, kwargs, output):
     anchor = dummy_image_features(llava_model).sum() * 0.0  # () zero, with a grad_fn into the image path
     # A 0-dim tensor does not promote the (B, T, C) hidden states: their dtype is kept under autocast.
     output.last_hidden_state = output.last_hidden_state + anchor.to(output.last_hidden_state.dtype)
+    if output.hidden_states is not None:
+        # The chunked loss (train/chunked_loss.py) reads the last of these instead of the logits.
+        output.hidden_states = (*output.hidden_states[:-1], output.last_hidden_state)
     return output
 
 

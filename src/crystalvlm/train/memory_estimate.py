@@ -16,7 +16,8 @@ What is counted (bytes per GPU):
   memory-efficient attention dropping the s² term); with gradient checkpointing one saved input
   per layer plus one layer recomputed;
 * logits — the LM head's output in the compute dtype, its fp32 copy, the log-softmax and its
-  gradient (the cross entropy runs in fp32): tokens × vocabulary × (compute bytes + 12);
+  gradient (the cross entropy runs in fp32): tokens × vocabulary × (compute bytes + 12); with
+  `loss: chunked` one chunk's worth (`loss_chunk_size` positions) instead of every token's;
 * runtime — a fixed 2 GiB for the CUDA context and allocator slack.
 
 It is an estimate for choosing a launch, not a measurement: benchmarks/ records measured peaks.
@@ -57,6 +58,7 @@ class LaunchPlan:
     batch_size: int  # per GPU micro-batch
     max_length: int
     gradient_checkpointing: bool
+    loss_chunk_size: int | None = None  # the stage's `loss: chunked`: positions projected onto the vocabulary at once
 
     @property
     def compute_bytes(self) -> int:
@@ -114,7 +116,8 @@ def estimate_memory(shape: ModelShape, plan: LaunchPlan) -> MemoryEstimate:
         activations = shape.layers * tokens * shape.hidden_size * half + one_layer
     else:
         activations = shape.layers * one_layer
-    logits = tokens * shape.vocab_size * (half + 12)
+    logit_positions = tokens if plan.loss_chunk_size is None else min(tokens, plan.loss_chunk_size)
+    logits = logit_positions * shape.vocab_size * (half + 12)
     return MemoryEstimate(weights, gradients, optimizer, activations, logits)
 
 
@@ -175,7 +178,9 @@ def plan_of(accelerator, stage) -> LaunchPlan:
         sharding = "zero3" if plugin is not None and plugin.zero_stage == 3 else "none"
     return LaunchPlan(precision=accelerator.mixed_precision, sharding=sharding, world_size=accelerator.num_processes,
                       batch_size=stage.batch_size, max_length=stage.max_length,
-                      gradient_checkpointing=stage.gradient_checkpointing)
+                      gradient_checkpointing=stage.gradient_checkpointing,
+                      # Under FSDP the trained positions' logits are built whole (train/chunked_loss.py).
+                      loss_chunk_size=stage.loss_chunk_size if stage.loss == "chunked" and sharding != "fsdp" else None)
 
 
 def gpu_capacity(accelerator) -> int | None:

@@ -19,6 +19,7 @@ PARTS = ("vision", "projector", "llm")
 ADAPTER_PARTS = ("llm", "vision")  # the projector always trains fully, as in LLaVA's LoRA scripts
 QUANTIZE = (None, "4bit")  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, GPUs only)
 STAGE_KINDS = ("sft", "dpo")  # next-token training on conversations; preference optimisation on pairs
+LOSSES = ("full", "chunked")  # an sft stage's cross entropy: over full logits, or chunked over trained positions
 
 
 @dataclass
@@ -87,6 +88,13 @@ class StageConfig:
     # DPO layout) against a frozen reference, the model the stage starts from; `beta` scales the margin.
     kind: str = "sft"
     beta: float = 0.1
+    # sft: several samples per row (attention kept inside each sample, positions restarting per sample)
+    # instead of one padded row per sample; the same samples per step, so the same loss (data.packing).
+    packing: bool = False
+    # sft: "full" projects every position onto the vocabulary; "chunked" runs the LM head and cross
+    # entropy over the trained positions only, `loss_chunk_size` positions at a time (train/chunked_loss.py).
+    loss: str = "full"
+    loss_chunk_size: int = 1024
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -94,6 +102,13 @@ class StageConfig:
         if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta <= 0:
             raise ValueError(f"stage {self.name!r}: beta must be a positive number, got {self.beta!r}")
         self.beta = float(self.beta)
+        if self.loss not in LOSSES:
+            raise ValueError(f"stage {self.name!r}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not isinstance(self.loss_chunk_size, int) or isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 1:
+            raise ValueError(f"stage {self.name!r}: loss_chunk_size must be a positive integer, got {self.loss_chunk_size!r}")
+        if self.kind == "dpo" and (self.packing or self.loss != "full"):
+            raise ValueError(f"stage {self.name!r}: packing and loss: chunked apply to sft stages; a dpo stage "
+                             "scores whole chosen/rejected pairs")
         unknown = set(self.tunable) - set(PARTS)
         if unknown:
             raise ValueError(f"stage {self.name!r}: unknown tunable parts {sorted(unknown)}; parts are {PARTS}")

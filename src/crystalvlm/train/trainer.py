@@ -18,9 +18,11 @@ A stage runs as named steps, each a function below, in this order:
     anchor        text-only micro-batches keep the trained image path in the graph (image_path_anchor)
     plan_steps    batches per epoch, total and warm-up steps
     optimise      AdamW over the trained parts, cosine schedule
-    reference     a dpo stage: the starting model's log-probs of every pair (train/preference.py)
+    reference     the objective: next-token loss (full or chunked logits), or for a dpo stage DPO with the
+                  starting model's log-probs of every pair (train/preference.py)
     resume        model, optimizer, scheduler and RNG from the latest resume state
-    loop          the optimizer steps, with resume states every `save_every`
+    loop          the optimizer steps, with resume states every `save_every`; micro-batches padded, or
+                  packed (the stage's `packing`: data.collate, data.packing)
     save          the final Hugging Face checkpoint (merged, or the adapter folder: see adapters)
 """
 
@@ -42,7 +44,7 @@ from accelerate.utils import DistributedType, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from crystalvlm.data.batching import epoch_batches
-from crystalvlm.data.collate import collate_conversations
+from crystalvlm.data.collate import collate_conversations, collate_packed, input_token_count, model_inputs
 from crystalvlm.data.check_cache import CheckCache
 from crystalvlm.data.dataset import ConversationDataset, DataSource, default_check_workers, prepare_dataset
 from crystalvlm.data.records import RecordProblem
@@ -52,6 +54,8 @@ from crystalvlm.models.build import ModelSpec, build_llava
 from crystalvlm.models.checkpoint import CheckpointInfo, checkpoint_revision, load_checkpoint, resolve_model, save_checkpoint
 from crystalvlm.train.adapters import (StageAdapters, add_adapters, is_adapter_folder, refuse_impossible_adapters,
                                        save_stage_final)
+from crystalvlm.train.chunked_loss import (chunked_cross_entropy_sum, trained_hidden_states,
+                                           trained_positions_cross_entropy_sum)
 from crystalvlm.train.freeze import FreezeSummary, apply_stage_policy, store_frozen_parts
 from crystalvlm.train.fsdp import plain_module_classes, resume_shards
 from crystalvlm.train.image_path_anchor import keep_image_path_in_graph
@@ -155,15 +159,25 @@ def _sources(recipe: Recipe, stage: StageConfig, options: TrainOptions) -> list[
 @dataclass
 class NextTokenObjective:
     """A sft stage's loss: summed cross entropy over trained tokens; the loop divides by the trained
-    tokens of the whole global batch."""
+    tokens of the whole global batch. With `lm_head` and `chunk_size` (the stage's `loss: chunked`)
+    the full logits are never built; with `trained_positions_only` (the same under FSDP) only the
+    trained positions' logits are (train/chunked_loss.py)."""
 
     unit: str = "tokens"
+    lm_head: torch.nn.Module | None = None
+    chunk_size: int | None = None
+    trained_positions_only: bool = False
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def loss_sum(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = model_inputs(batch)
+        if self.chunk_size is not None:
+            hidden, targets = trained_hidden_states(model, inputs, batch["labels"])  # (N, D), (N,)
+            return chunked_cross_entropy_sum(hidden, targets, self.lm_head, self.chunk_size), {}
+        if self.trained_positions_only:
+            return trained_positions_cross_entropy_sum(model, inputs, batch["labels"]), {}
         logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return _ce_sum(logits, batch["labels"]), {}
 
@@ -265,7 +279,15 @@ def reference(run: StageRun, model, dataset, pad_token_id: int, init_from: Path 
     """The stage's objective: next-token loss, or (dpo) DPO against the starting model, whose log-probs
     of every pair are computed now, before any step and before a resume state is loaded."""
     if run.stage.kind != "dpo":
-        return NextTokenObjective()
+        if run.stage.loss != "chunked":
+            return NextTokenObjective()
+        if run.accelerator.distributed_type == DistributedType.FSDP:
+            # Chunks call the LM head outside the model's forward, where FSDP keeps it sharded.
+            run.say(f"stage {run.stage.name}: loss: chunked under FSDP: logits of the trained positions only, "
+                    "built whole (not in chunks)")
+            return NextTokenObjective(trained_positions_only=True)
+        return NextTokenObjective(lm_head=run.accelerator.unwrap_model(model).get_output_embeddings(),
+                                  chunk_size=run.stage.loss_chunk_size)
     sources = _sources(run.recipe, run.stage, run.options)
     key = {"pairs": {str(s.file): sha256_file(s.file) for s in sources},
            "start": str(init_from) if init_from is not None else "recipe model",
@@ -365,10 +387,15 @@ def _micro_batch_loader(run: StageRun, dataset, plan: StepPlan, start_step: int,
     # would shift every later dropout mask (LoRA's dropout) between a resumed and an uninterrupted run.
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=list(rank_micro_batches()), num_workers=run.options.num_workers,
-        collate_fn=partial(collate_pairs if run.stage.kind == "dpo" else collate_conversations,
-                           pad_token_id=pad_token_id),
+        collate_fn=partial(_collate_function(run.stage), pad_token_id=pad_token_id),
         generator=torch.Generator().manual_seed(run.recipe.seed + start_step),
     )
+
+
+def _collate_function(stage: StageConfig):
+    if stage.kind == "dpo":
+        return collate_pairs
+    return collate_packed if stage.packing else collate_conversations
 
 
 def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches, plan: StepPlan,
@@ -390,7 +417,7 @@ def loop(run: StageRun, model, optimizer, scheduler, groups: list[dict], batches
         # Normalise by the objective's units (trained tokens, or pairs) of the whole global batch
         # (all ranks, all micro-batches).
         local_counts = torch.tensor([sum(objective.units(b) for b in micro_batches),
-                                     sum(int(b["attention_mask"].sum()) for b in micro_batches)],
+                                     sum(input_token_count(b) for b in micro_batches)],
                                     device=accelerator.device)  # (units, input tokens)
         global_tokens, global_input_tokens = accelerator.reduce(local_counts, "sum").tolist()
         step_loss = torch.zeros((), device=accelerator.device)
