@@ -27,5 +27,19 @@ def collate_conversations(samples: list[dict], pad_token_id: int) -> dict[str, t
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
     pixel_values = [sample["pixel_values"] for sample in samples if sample["pixel_values"] is not None]
     if pixel_values:
-        batch["pixel_values"] = torch.cat(pixel_values, dim=0)  # (N_images, 3, S, S)
+        if any("image_sizes" in sample for sample in samples):
+            batch.update(stack_anyres_images(samples))
+        else:
+            batch["pixel_values"] = torch.cat(pixel_values, dim=0)  # (N_images, 3, S, S)
     return batch
+
+
+def stack_anyres_images(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """anyres (LlavaNext) images: each sample's (n, P_i, 3, S, S) zero-padded to the batch's most
+    sub-images P and stacked to (N_images, P, 3, S, S), with image_sizes (N_images, 2); the model
+    reads each image's true sub-image count from its size and drops the padding."""
+    images = [sample["pixel_values"] for sample in samples if sample["pixel_values"] is not None]
+    most = max(pixels.shape[1] for pixels in images)
+    padded = [torch.nn.functional.pad(pixels, (0, 0, 0, 0, 0, 0, 0, most - pixels.shape[1])) for pixels in images]
+    sizes = [sample["image_sizes"] for sample in samples if sample["pixel_values"] is not None]
+    return {"pixel_values": torch.cat(padded, dim=0), "image_sizes": torch.cat(sizes, dim=0)}

@@ -113,7 +113,7 @@ class GenerationEngine:
             # Tokenised as training tokenises an answer: the template's text before the content, then the content.
             lead = self.template.assistant_format.split("{content}")[0] if self.template else ""
             extra = self.tokenizer(lead + request.answer_prefix, add_special_tokens=False)["input_ids"]
-            prepared = PreparedPrompt(prepared.input_ids + list(extra), prepared.pixel_values)
+            prepared = replace(prepared, input_ids=prepared.input_ids + list(extra))
         if self.max_positions and prepared.length + max_new_tokens > self.max_positions:
             raise RequestError(
                 f"the prompt has {prepared.length} tokens (images expanded) and {max_new_tokens} new tokens were "

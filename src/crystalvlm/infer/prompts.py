@@ -32,7 +32,9 @@ class RequestError(ValueError):
 @dataclass
 class PreparedPrompt:
     input_ids: list[int]  # image tokens expanded
-    pixel_values: torch.Tensor | None  # (n_images, 3, S, S)
+    pixel_values: torch.Tensor | None  # (n_images, 3, S, S); anyres: (n_images, P, 3, S, S)
+    image_sizes: torch.Tensor | None = None  # anyres only: (n_images, 2) (height, width)
+    image_runs: tuple[int, ...] | None = None  # anyres only: image tokens of each image, in order
 
     @property
     def length(self) -> int:
@@ -59,10 +61,11 @@ class PromptBuilder:
 
     def build(self, turns: list[Turn], images: list[Image.Image]) -> PreparedPrompt:
         try:
-            input_ids, pixel_values = self.encoder.prompt(turns, images)
+            input_ids, pixel_values, image_sizes = self.encoder.prompt_inputs(turns, images)
+            runs = self.encoder.image_tokens([image.size for image in images]) if image_sizes is not None else None
         except ConversationError as error:
             raise RequestError(str(error)) from None
-        return PreparedPrompt(input_ids, pixel_values)
+        return PreparedPrompt(input_ids, pixel_values, image_sizes, tuple(runs) if runs is not None else None)  # type: ignore[arg-type]
 
 
 def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_length: int | None = None,
@@ -92,10 +95,21 @@ def collate(prompts: list[PreparedPrompt], pad_token_id: int) -> PromptBatch:
         input_ids[row, longest - prompt.length :] = torch.tensor(prompt.input_ids, dtype=torch.long)
         attention_mask[row, longest - prompt.length :] = 1
     pixels = [prompt.pixel_values for prompt in prompts if prompt.pixel_values is not None]
+    sizes = [prompt.image_sizes for prompt in prompts if prompt.image_sizes is not None]
     return PromptBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        pixel_values=torch.cat(pixels) if pixels else None,
+        pixel_values=stack_images(pixels) if pixels else None,
         prompt_lengths=[prompt.length for prompt in prompts],
         images_per_row=[prompt.image_count for prompt in prompts],
+        image_sizes=torch.cat(sizes) if sizes else None,
     )
+
+
+def stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """Images of several prompts in order: (I, 3, S, S); anyres (I, P, 3, S, S) with each prompt's
+    sub-images zero-padded to the most P (the model drops the padding by each image's size)."""
+    if pixels[0].dim() == 4:
+        return torch.cat(pixels)
+    most = max(tensor.shape[1] for tensor in pixels)
+    return torch.cat([torch.nn.functional.pad(tensor, (0, 0, 0, 0, 0, 0, 0, most - tensor.shape[1])) for tensor in pixels])
