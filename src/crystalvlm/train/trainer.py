@@ -295,7 +295,9 @@ def freeze(run: StageRun, model) -> list[dict]:
         summary.write(run.folder / "freeze_summary.json")
     precision = "fp32" if summary.precision == "no" else summary.precision
     run.say(f"stage {stage.name}: template {stage.template}, precision {precision}, "
-            f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}")
+            f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}"
+            + (" (the whole view; anyres sub-images add tokens by image size, grid "
+               f"{model.config.image_grid_pinpoints})" if getattr(model.config, "image_grid_pinpoints", None) else ""))
     return groups
 
 
