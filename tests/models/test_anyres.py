@@ -212,3 +212,63 @@ def test_an_anyres_recipe_trains_and_saves_a_llava_next(colour_world, tiny_token
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "finetune" / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
+
+
+# ---------------------------------------------------------------- SPHINX-X skip tokens
+SQUARE_GRID = [[64, 64], [96, 96]]  # square layouts only: elongated images leave whole sub-images of padding
+
+
+def _noise(width: int, height: int) -> Image.Image:
+    generator = torch.Generator().manual_seed(width * 1000 + height)
+    pixels = (torch.rand((height, width, 3), generator=generator) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize("width,height", [(96, 24), (24, 96), (96, 40), (200, 30)])
+def test_padded_subimages_are_the_processors_padding(tiny_tokenizer_dir, width, height):
+    """subimage_grid's geometry marks exactly the sub-images the LlavaNext processor fills with padding."""
+    from crystalvlm.subimage_grid import padded_subimages
+
+    _, processor = build_llava(_spec(tiny_tokenizer_dir, SQUARE_GRID), image_mode="anyres")
+    pixels = processor.image_processor(images=[_noise(width, height)], return_tensors="pt")["pixel_values"][0, 1:]
+    constant = [bool((sub.flatten(1).std(1) == 0).all()) for sub in pixels]  # noise is never constant
+    assert padded_subimages(height, width, SQUARE_GRID, SIDE) == constant
+
+
+def test_skip_tokens_count_encode_save_and_load(tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from crystalvlm.infer.engine import DecodingConfig, GenerationEngine, GenerationRequest
+    from crystalvlm.models.checkpoint import load_checkpoint
+
+    torch.manual_seed(5)
+    spec = _spec(tiny_tokenizer_dir, SQUARE_GRID)
+    spec.skip_padded_subimages = True
+    model, processor = build_llava(spec, chat_template=get_template("vicuna_v1").chat_template_jinja(), image_mode="anyres")
+    encoder = SampleEncoder.from_processor(processor, model.config, get_template("vicuna_v1"), "anyres")
+    image = _noise(96, 24)  # fitted into 96 x 96: the top and bottom rows of sub-images are padding (6 of 9)
+    ids, pixels, sizes = encoder.prompt_inputs([Turn("user", QUESTION)], [image])
+    native = processor(images=[image], text="<image>\nhi", return_tensors="pt")
+    image_id = model.config.image_token_id
+    assert sum(1 for t in ids if t == image_id) == int((native["input_ids"] == image_id).sum()) + 6
+
+    encoded = []
+    hook = model.model.vision_tower.register_forward_hook(lambda _m, args, _o: encoded.append(args[0].shape[0]))
+    logits = model(input_ids=torch.tensor([ids]), pixel_values=pixels, image_sizes=sizes).logits
+    hook.remove()
+    assert encoded == [1 + 3] and torch.isfinite(logits).all()  # the whole view and the middle row only
+
+    folder = tmp_path / "skip"
+    save_checkpoint(model, processor, folder, CheckpointInfo(template="vicuna_v1", image_mode="anyres"))
+    assert (folder / "skip_tokens.safetensors").is_file()
+    assert json.loads((folder / "config.json").read_text())["crystalvlm_skip_padded_subimages"] is True
+    restored, _, _ = load_checkpoint(folder)
+    assert torch.equal(restored.model.skip_embedding, model.model.skip_embedding)
+    again = restored(input_ids=torch.tensor([ids]), pixel_values=pixels, image_sizes=sizes).logits
+    assert torch.allclose(again, logits, atol=1e-5)
+    plain = AutoModelForImageTextToText.from_pretrained(folder)  # plain transformers: the native LlavaNext
+    assert type(plain).__name__ == "LlavaNextForConditionalGeneration" and not hasattr(plain.model, "skip_embedding")
+    assert torch.isfinite(plain(**native).logits).all()
+    engine = GenerationEngine.from_checkpoint(folder)
+    assert len(engine.generate([GenerationRequest([Turn("user", QUESTION)], [image])],
+                               DecodingConfig.parse("greedy:max_new_tokens=3"))[0].token_ids) == 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from crystalvlm.data.templates import IGNORE_INDEX
+from crystalvlm.subimage_grid import padded_subimages
 
 
 def expand_image_tokens(
@@ -46,10 +47,11 @@ class GridError(ValueError):
     """An image the anyres grid cannot tile into a usable feature map; the message says why."""
 
 
-def anyres_token_count(processor, height: int, width: int, side: int) -> int:
+def anyres_token_count(processor, height: int, width: int, side: int, skip_padded_subimages: bool = False) -> int:
     """Image tokens of one (height x width) image under a LlavaNextProcessor: the whole view's
     patches, the unpadded sub-image features and one `image_newline` per feature row, less the CLS
-    token for strategy `default`. `side` is the tower's input side (the sub-image size).
+    token for strategy `default`. `side` is the tower's input side (the sub-image size). With
+    `skip_padded_subimages` each sub-image that is all padding adds its one skip token.
 
     Raises GridError for an image too elongated for the grid: fitted into its best layout it leaves
     less than one feature row or column, so its sub-images would add nothing but padding."""
@@ -64,4 +66,6 @@ def anyres_token_count(processor, height: int, width: int, side: int) -> int:
     count = processor._get_number_of_features(height, width, side, side)
     if processor.vision_feature_select_strategy == "default":
         count -= 1
+    if skip_padded_subimages:
+        count += sum(padded_subimages(height, width, processor.image_processor.image_grid_pinpoints, side))
     return int(count)

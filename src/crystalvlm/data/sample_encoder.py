@@ -52,6 +52,9 @@ class SampleEncoder:
     processor: Any = None  # renders the chat template when `template` is None
     max_length: int | None = None  # tokens after image expansion; longer records are refused, never truncated
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # anyres with SPHINX-X skip tokens (the model config's crystalvlm_skip_padded_subimages): each
+    # sub-image that is all padding adds one token to its image's run
+    skip_padded_subimages: bool = False
 
     @classmethod
     def from_processor(cls, processor, config, template: Template | None, image_mode: str = "pad", *,
@@ -66,7 +69,8 @@ class SampleEncoder:
         return cls(tokenizer=processor.tokenizer, template=template, image_token_id=int(image_token_id),
                    tokens_per_image=int(config.image_seq_length), image_mode=image_mode,
                    image_processor=processor.image_processor, processor=processor, max_length=max_length,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels,
+                   skip_padded_subimages=bool(getattr(config, "crystalvlm_skip_padded_subimages", False)))
 
     # ---------------------------------------------------------------- training data
     def check_tokenizer(self) -> None:
@@ -86,7 +90,8 @@ class SampleEncoder:
         if not self.anyres:
             return self.tokens_per_image
         side = processor_side(self.image_processor)
-        return [anyres_token_count(self.processor, height, width, side) for width, height in sizes]
+        return [anyres_token_count(self.processor, height, width, side, self.skip_padded_subimages)
+                for width, height in sizes]
 
     def encode(self, turns: Sequence[Turn], image_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of a training conversation, each `<image>` expanded to the image-token run

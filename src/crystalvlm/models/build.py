@@ -91,11 +91,14 @@ class ModelSpec:
     # anyres only: the (height, width) resolutions in pixels an image may be tiled into; None: the
     # tower's side S times [1x2, 2x1, 2x2, 1x3, 3x1] sub-images (LLaVA-NeXT's default grid)
     image_grid_pinpoints: list[list[int]] | None = None
+    # anyres only: SPHINX-X's skip token for sub-images that are all padding (models/skip_tokens.py)
+    skip_padded_subimages: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSpec":
         known = {"vision", "llm", "tokenizer", "projector", "vision_feature_layer",
-                 "vision_feature_select_strategy", "image_processor", "image_grid_pinpoints"}
+                 "vision_feature_select_strategy", "image_processor", "image_grid_pinpoints",
+                 "skip_padded_subimages"}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown model keys {sorted(unknown)}; known: {sorted(known)}")
@@ -109,6 +112,7 @@ class ModelSpec:
             image_processor=dict(raw.get("image_processor", {})),
             image_grid_pinpoints=([[int(side) for side in pinpoint] for pinpoint in raw["image_grid_pinpoints"]]
                                   if raw.get("image_grid_pinpoints") is not None else None),
+            skip_padded_subimages=bool(raw.get("skip_padded_subimages", False)),
         )
 
 
@@ -271,6 +275,12 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None, image_mode: s
     model = LlavaNextForConditionalGeneration(config) if anyres else LlavaForConditionalGeneration(config)
     if spec.projector == "linear":
         start_as_one_linear_map(model.model.multi_modal_projector)
+    if spec.skip_padded_subimages:
+        if not anyres:
+            raise ValueError(f"skip_padded_subimages is an anyres setting; image_mode is {image_mode!r}")
+        from crystalvlm.models.skip_tokens import enable_skip_tokens
+
+        enable_skip_tokens(model)
     if spec.vision.pretrained:
         _load_vision_weights(model, spec.vision)
     if spec.llm.pretrained:
