@@ -10,9 +10,10 @@ benchmarks/results/high_resolution.json.
     PYTHONPATH=src nice -n 10 python benchmarks/high_resolution.py --out runs/high-res \
         [--variants anyres pad anyres-skip] [--set stages.finetune.epochs=2 ...]
 
-Variants: `anyres` (the recipe), `pad` (one view: image_mode pad, no grid), `anyres-skip` (anyres
-with `skip_padded_subimages: true`, SPHINX-X's skip token). A finished variant (its final
-checkpoint there) is not retrained on a rerun.
+Variants: `anyres` (the recipe), `pad` (one view: image_mode pad, no grid), `anyres-square` (anyres
+on a grid of square layouts only, 2x2 and 3x3 sub-images) and `anyres-square-skip` (the same with
+`skip_padded_subimages: true`, SPHINX-X's skip token). A finished variant (its final checkpoint
+there) is not retrained on a rerun. `--world` reuses a prepared world folder (same settings and seed).
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+SQUARE_GRID = "model.image_grid_pinpoints=[[64,64],[96,96]]"  # square layouts only, as SPHINX-X tiles
 VARIANTS = {
     "anyres": [],
     "pad": ["image_mode=pad", "model.image_grid_pinpoints=null"],
-    "anyres-skip": ["model.skip_padded_subimages=true"],
+    # On the square grid the 3:1 and 1:3 canvases fill one row (column) of 3 x 3 sub-images: 6 are padding.
+    "anyres-square": [SQUARE_GRID],
+    "anyres-square-skip": [SQUARE_GRID, "model.skip_padded_subimages=true"],
 }
 
 
@@ -76,9 +80,25 @@ def evaluate(checkpoint: Path, world: Path) -> dict:
         counts = [encoder.image_tokens([images[s.sample_id].size]) for s in samples]
         counts = [c[0] if isinstance(c, list) else c for c in counts]
         skip = getattr(engine.model.model, "skip_embedding", None) is not None
+        passes = [_tower_passes(engine, images[s.sample_id]) for s in samples]
         results[kind] = {"accuracy": task.score(predictions)["accuracy"], "samples": len(samples),
-                         "image_tokens_per_sample": sum(counts) / len(counts), "skip_tokens": skip}
+                         "image_tokens_per_sample": sum(counts) / len(counts), "skip_tokens": skip,
+                         "tower_passes_per_sample": sum(passes) / len(passes)}
     return results
+
+
+def _tower_passes(engine, image) -> int:
+    """Sub-images (the whole view included) the vision tower encodes for one image."""
+    from crystalvlm.subimage_grid import padded_subimages
+
+    config = engine.model.config
+    grid = getattr(config, "image_grid_pinpoints", None)
+    if grid is None:
+        return 1
+    width, height = image.size
+    padded = padded_subimages(height, width, grid, config.vision_config.image_size)
+    skipped = sum(padded) if getattr(engine.model.model, "skip_embedding", None) is not None else 0
+    return 1 + len(padded) - skipped
 
 
 def training_figures(run: Path) -> dict:
@@ -95,12 +115,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder (world and one run per variant)")
     parser.add_argument("--variants", nargs="+", default=["anyres", "pad"], choices=sorted(VARIANTS),
                         help="which variants to train and measure")
+    parser.add_argument("--world", type=Path, help="a world folder prepared with the same settings and seed, to share")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="a recipe override applied to every variant (same budget for all)")
     args = parser.parse_args()
     import torch
     import transformers
 
+    if args.world is not None and not (args.out / "world").exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "world").symlink_to(args.world.resolve())
     figures = {}
     for variant in args.variants:
         load_before = os.getloadavg()
