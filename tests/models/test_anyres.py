@@ -272,3 +272,54 @@ def test_skip_tokens_count_encode_save_and_load(tiny_tokenizer_dir, tmp_path):
     engine = GenerationEngine.from_checkpoint(folder)
     assert len(engine.generate([GenerationRequest([Turn("user", QUESTION)], [image])],
                                DecodingConfig.parse("greedy:max_new_tokens=3"))[0].token_ids) == 3
+
+
+# ---------------------------------------------------------------- the server, eval and data show on anyres
+def test_server_answers_an_anyres_request_as_the_engine(anyres_checkpoint):
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from crystalvlm.infer.engine import DecodingConfig, GenerationEngine, GenerationRequest
+    from crystalvlm.infer.server import build_app
+
+    engine = GenerationEngine.from_checkpoint(anyres_checkpoint, batch_size=4)
+    image = _scene(96, 32)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"model": "anyres", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What colour is the square?"}]}]}
+    with TestClient(build_app(engine, "anyres"), base_url="http://localhost") as http:
+        reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    expected = engine.generate([GenerationRequest([Turn("user", QUESTION)], [image])], DecodingConfig.parse("greedy:max_new_tokens=5"))[0]
+    assert reply.json()["choices"][0]["message"]["content"] == expected.text
+    assert reply.json()["usage"]["prompt_tokens"] == expected.prompt_tokens
+
+
+def test_eval_and_data_show_count_anyres_tokens(anyres_checkpoint, tmp_path):
+    from crystalvlm.data.records import load_records
+    from crystalvlm.data.show import show_record
+    from crystalvlm.eval.runner import evaluate
+    from crystalvlm.infer.engine import DecodingConfig, GenerationEngine
+    from crystalvlm.worlds.registry import get_world
+
+    world = get_world("shapes_hires")
+    world.prepare(tmp_path / "world", {"world": "shapes_hires", "n_train": 4, "n_eval": 4}, seed=1, progress=False)
+    engine = GenerationEngine.from_checkpoint(anyres_checkpoint, batch_size=4)
+    results = evaluate(engine, world.tasks(tmp_path / "world", {}), tmp_path / "eval", DecodingConfig.parse("greedy"),
+                       "anyres", progress=False)
+    assert set(results) == {"textvqa_detail", "textvqa_coarse"}
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in results.values())
+
+    processor, config, info = load_processor(anyres_checkpoint)
+    encoder = SampleEncoder.from_processor(processor, config, get_template("vicuna_v1"), info.image_mode)
+    record = load_records(tmp_path / "world" / "finetune.json").records[0]
+    shown = show_record(record, tmp_path / "world" / "images", encoder)
+    image = Image.open(tmp_path / "world" / "images" / record.images[0])
+    native = processor(images=[image.convert("RGB")], text="<image>", return_tensors="pt")
+    assert sum(1 for t in shown.input_ids if t == config.image_token_id) == int((native["input_ids"] == config.image_token_id).sum())
+    with pytest.raises(ValueError, match="give the image folder"):
+        show_record(record, None, encoder)
