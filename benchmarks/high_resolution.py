@@ -52,7 +52,7 @@ def train(out: Path, variant: str, overrides: list[str]) -> float:
         command += ["--set", override]
     started = time.time()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if not world.exists():
+    if not world.exists() and not world.is_symlink():  # the first variant prepared the world: share it
         shutil.move(str(run / "world"), world)
         (run / "world").symlink_to(world.resolve())
     return time.time() - started
