@@ -213,6 +213,13 @@ def test_an_anyres_recipe_trains_and_saves_a_llava_next(colour_world, tiny_token
               if "loss" in json.loads(line)]
     assert losses and all(loss == loss and loss > 0 for loss in losses)
 
+    # Continuing from that checkpoint on another grid is refused before any step.
+    raw["model"]["image_grid_pinpoints"] = [[32, 96], [96, 32]]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ValueError, match="keeps the sub-image layout it was trained with"):
+        train_recipe(load_recipe(str(path)), TrainOptions(run_dir=tmp_path / "again", progress=False, stages=["finetune"],
+                                                          init_from=str(final)))
+
 
 # ---------------------------------------------------------------- SPHINX-X skip tokens
 SQUARE_GRID = [[64, 64], [96, 96]]  # square layouts only: elongated images leave whole sub-images of padding

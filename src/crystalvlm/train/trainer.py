@@ -191,6 +191,11 @@ def build_or_load(run: StageRun, init_from: Path | None):
     else:
         model, processor, _ = load_checkpoint(init_from)
         processor.chat_template = template.chat_template_jinja()
+        wanted = (run.recipe.model or {}).get("image_grid_pinpoints")
+        trained = getattr(model.config, "image_grid_pinpoints", None)
+        if wanted is not None and [list(p) for p in wanted] != [list(p) for p in (trained or [])]:
+            raise ValueError(f"stage {run.stage.name!r}: the recipe tiles images by the grid {wanted} but {init_from} "
+                             f"was trained with {trained}; a checkpoint keeps the sub-image layout it was trained with")
     model.train()
     model.config.use_cache = False
     return model, processor
