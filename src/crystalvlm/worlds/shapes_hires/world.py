@@ -6,7 +6,10 @@ recipe `tiny-next` trains an anyres (LlavaNext) model from configs; the same rec
 world, its tokenizer and the `tiny` recipe are untouched.
 
 Preparation (resumable steps): `world` writes the data and benchmarks, `tokenizer` trains the tiny
-byte-level BPE on the world's text (the model's parts are built from configs, untrained).
+byte-level BPE on the world's text, `clip` pretrains a tiny CLIP contrastively on 32 x 32 views
+(the tile's full-resolution neighbourhood and the whole canvas squashed, same caption), so both
+the one-view and the anyres model start from a tower that already tells colours and patterns
+apart where the pixels allow it. The LM is built from its config, untrained.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def hires_tasks(folder: Path, max_new_tokens: int = 4) -> dict:
 class ShapesHiresWorld(World):
     name = "shapes_hires"
     recipe = "tiny-next"
-    smoke_overrides = ("prepare.n_train=64", "prepare.n_eval=8", "stages.finetune.max_steps=3")
+    smoke_overrides = ("prepare.n_train=64", "prepare.n_eval=8", "prepare.clip_steps=4", "stages.finetune.max_steps=3")
 
     def prepare(self, folder: Path, settings: dict, seed: int = 0, progress: bool = True, resources=None) -> dict:
         from crystalvlm.worlds.parts.tiny import WORLD_TEMPLATES, train_tiny_tokenizer
@@ -55,8 +58,24 @@ class ShapesHiresWorld(World):
                                      templates=WORLD_TEMPLATES)
             return {}
 
-        done = {name: prepared.run(name, work) for name, work in (("world", write_world), ("tokenizer", train_tokenizer))}
-        return prepared.finish(world=done["world"])
+        def pretrain_clip() -> dict:
+            from transformers import AutoTokenizer
+
+            from crystalvlm.worlds.parts.clip import pretrain_tiny_clip
+            from crystalvlm.worlds.parts.tiny import tiny_vision_config
+
+            tokenizer = AutoTokenizer.from_pretrained(world / "parts" / "tokenizer")
+            pairs = [(world / row["image"], row["caption"])
+                     for row in map(json.loads, (world / "clip_pairs.jsonl").read_text().splitlines())]
+            with staged(world / "parts" / "clip") as out:
+                report = pretrain_tiny_clip(pairs, tokenizer, tiny_vision_config(**settings["vision"]), out,
+                                            steps=int(settings["clip_steps"]), seed=seed, progress=progress,
+                                            lr=float(settings.get("clip_lr", 5e-4)))
+            return {"steps": report.steps, "first_loss": report.first_loss, "last_loss": report.last_loss}
+
+        steps = (("world", write_world), ("tokenizer", train_tokenizer), ("clip", pretrain_clip))
+        done = {name: prepared.run(name, work) for name, work in steps}
+        return prepared.finish(world=done["world"], clip=done["clip"])
 
     def tasks(self, folder: Path, settings: dict, resources=None) -> list:
         tasks = []

@@ -13,6 +13,7 @@ from pathlib import Path
 from crystalvlm.worlds.shapes_hires.scenes import COLOURS, PATTERNS, render_scene, sample_scene
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+VIEW = 32  # the tiny tower's side
 DETAIL_QUESTION = "what pattern is on the small tile?"
 COARSE_QUESTION = "what colour is the small tile?"
 
@@ -38,15 +39,25 @@ def write_hires_world(out: Path, n_train: int, n_eval: int, seed: int, progress:
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"shapes-hires:{seed}")
-    records, corpus = [], []
+    records, corpus, clip_pairs = [], [], []
+    (out / "clip_views").mkdir(exist_ok=True)
     for index in tqdm(range(n_train), desc="hires world: train", disable=not progress):
         scene = sample_scene(rng)
         name = f"train_{index:06d}.png"
-        render_scene(scene).save(images / name)
+        image = render_scene(scene)
+        image.save(images / name)
+        # The tiny CLIP's pairs: the 32 x 32 part of the canvas around the tile at full resolution (what
+        # an anyres sub-image shows) and the whole canvas (what one downscaled view shows), same caption.
+        caption = f"a {scene.colour} tile with a {scene.pattern} pattern"
+        left, top = (scene.tile_x // VIEW) * VIEW, (scene.tile_y // VIEW) * VIEW
+        crop = f"clip_views/crop_{index:06d}.png"
+        image.crop((left, top, left + VIEW, top + VIEW)).save(out / crop)
+        clip_pairs += [{"image": crop, "caption": caption}, {"image": f"images/{name}", "caption": caption}]
         turns = _turns(scene, rng)
         records.append({"id": f"hires-{index}", "image": name, "conversations": turns})
         corpus += [turn["value"].replace("<image>\n", "") for turn in turns]
     (out / "finetune.json").write_text(json.dumps(records))
+    (out / "clip_pairs.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in clip_pairs))
     eval_rng = random.Random(f"shapes-hires-eval:{seed}")
     header = {"dataset_name": "textvqa", "dataset_version": "0.5.1", "dataset_type": "val"}
     benchmarks = {"detail": [], "coarse": []}
