@@ -32,7 +32,8 @@ def test_the_world_prepares_and_its_benchmarks_load(tmp_path):
     from crystalvlm.worlds.registry import get_world
 
     world = get_world("shapes_hires")
-    world.prepare(tmp_path / "world", {"world": "shapes_hires", "n_train": 12, "n_eval": 6}, seed=3, progress=False)
+    world.prepare(tmp_path / "world", {"world": "shapes_hires", "n_train": 12, "n_eval": 6, "clip_steps": 2,
+                                             "vision": {"image_size": 32, "patch_size": 8, "hidden": 32, "layers": 1}}, seed=3, progress=False)
     records = json.loads((tmp_path / "world" / "finetune.json").read_text())
     assert len(records) == 12 and {Image.open(tmp_path / "world" / "images" / r["image"]).size[0] for r in records} <= {32, 64, 96}
     tasks = world.tasks(tmp_path / "world", {})
@@ -44,3 +45,6 @@ def test_the_world_prepares_and_its_benchmarks_load(tmp_path):
     wrong = {s.sample_id: random.Random(0).choice([p for p in PATTERNS if p != s.target[0]]) for s in detail}
     assert tasks[0].score(wrong)["accuracy"] == 0.0
     assert (tmp_path / "world" / "parts" / "tokenizer" / "tokenizer.json").is_file()
+    assert (tmp_path / "world" / "parts" / "clip" / "config.json").is_file()
+    pairs = [json.loads(line) for line in (tmp_path / "world" / "clip_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 24 and {Image.open(tmp_path / "world" / p["image"]).size for p in pairs[::2]} == {(32, 32)}

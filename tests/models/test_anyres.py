@@ -314,7 +314,8 @@ def test_eval_and_data_show_count_anyres_tokens(anyres_checkpoint, tmp_path):
     from crystalvlm.worlds.registry import get_world
 
     world = get_world("shapes_hires")
-    world.prepare(tmp_path / "world", {"world": "shapes_hires", "n_train": 4, "n_eval": 4}, seed=1, progress=False)
+    world.prepare(tmp_path / "world", {"world": "shapes_hires", "n_train": 4, "n_eval": 4, "clip_steps": 1,
+                                             "vision": {"image_size": 32, "patch_size": 8, "hidden": 32, "layers": 1}}, seed=1, progress=False)
     engine = GenerationEngine.from_checkpoint(anyres_checkpoint, batch_size=4)
     results = evaluate(engine, world.tasks(tmp_path / "world", {}), tmp_path / "eval", DecodingConfig.parse("greedy"),
                        "anyres", progress=False)
