@@ -12,7 +12,7 @@ ROOT = Path(crystalvlm.__file__).parent
 
 # Which packages each package may import (besides itself). `reporting` (HTML helpers) and `markers`
 # (the `<image>` token, which data formats and models share) are leaves everyone may use.
-LEAVES = {"reporting", "markers"}
+LEAVES = {"reporting", "markers", "subimage_grid"}
 ALLOWED: dict[str, set[str]] = {
     "models": set(),
     "data": set(),

@@ -62,6 +62,8 @@ def encoder_fingerprint(encoder) -> str:
     """Everything of a SampleEncoder that decides a record's check result."""
     parts = [CHECK_VERSION, repr(encoder.template), tokenizer_fingerprint(encoder.tokenizer), encoder.image_token_id,
              encoder.tokens_per_image, encoder.image_mode, encoder.max_length, encoder.max_pixels]
+    if encoder.image_mode == "anyres":  # the grid decides each image's token count
+        parts += [getattr(encoder.image_processor, "image_grid_pinpoints", None), encoder.skip_padded_subimages]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 

@@ -71,7 +71,10 @@ def collate_packed(samples: list[dict], pad_token_id: int, row_length: int | Non
 def _with_images(batch: dict[str, torch.Tensor], samples: list[dict]) -> dict[str, torch.Tensor]:
     pixel_values = [sample["pixel_values"] for sample in samples if sample["pixel_values"] is not None]
     if pixel_values:
-        batch["pixel_values"] = torch.cat(pixel_values, dim=0)  # (N_images, 3, S, S)
+        if any("image_sizes" in sample for sample in samples):
+            batch.update(stack_anyres_images(samples))
+        else:
+            batch["pixel_values"] = torch.cat(pixel_values, dim=0)  # (N_images, 3, S, S)
     return batch
 
 
@@ -85,3 +88,14 @@ def input_token_count(batch: dict[str, torch.Tensor]) -> int:
     if "sample_lengths" in batch:
         return int(batch["sample_lengths"].sum())
     return int(batch["attention_mask"].sum())
+
+
+def stack_anyres_images(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """anyres (LlavaNext) images: each sample's (n, P_i, 3, S, S) zero-padded to the batch's most
+    sub-images P and stacked to (N_images, P, 3, S, S), with image_sizes (N_images, 2); the model
+    reads each image's true sub-image count from its size and drops the padding."""
+    images = [sample["pixel_values"] for sample in samples if sample["pixel_values"] is not None]
+    most = max(pixels.shape[1] for pixels in images)
+    padded = [torch.nn.functional.pad(pixels, (0, 0, 0, 0, 0, 0, 0, most - pixels.shape[1])) for pixels in images]
+    sizes = [sample["image_sizes"] for sample in samples if sample["pixel_values"] is not None]
+    return {"pixel_values": torch.cat(padded, dim=0), "image_sizes": torch.cat(sizes, dim=0)}

@@ -10,7 +10,9 @@ an untrusted file in such a format is refused by name instead of being parsed.
 Preprocessing modes (LLaVA's `image_aspect_ratio`):
 * `pad`    — expand to a square with the image processor's mean colour, then resize (LLaVA-1.5);
 * `square` — resize straight to a square, ignoring the aspect ratio;
-* `crop`   — the image processor's own resize and centre crop.
+* `crop`   — the image processor's own resize and centre crop;
+* `anyres` — LLaVA-NeXT's tiling by the processor's grid pinpoints (a LlavaNextImageProcessor): a
+             whole view plus tower-sized sub-images; the model needs each image's size beside it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ DEFAULT_MAX_PIXELS = 64_000_000  # about 8000x8000; far above any real training 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 # Files of a data set on disk: the same, plus TIFF (benchmark shards store some images as .tif).
 DATA_IMAGE_FORMATS = IMAGE_FORMATS + ("TIFF",)
-IMAGE_MODES = ("pad", "square", "crop")
+IMAGE_MODES = ("pad", "square", "crop", "anyres")
 
 
 class ImageError(ValueError):
@@ -112,14 +114,18 @@ def open_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAUL
 
 
 def verify_image(image_folder: str | Path, relative: str, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 formats: tuple[str, ...] = DATA_IMAGE_FORMATS) -> None:
+                 formats: tuple[str, ...] = DATA_IMAGE_FORMATS) -> tuple[int, int]:
     """The checks of `open_image` that need no pixel decoding (folder escape, missing file, format,
     size against `max_pixels`, the file's structure): cheap enough for every image of a data set up
-    front. The full decode happens when the sample is made, in the data loader's workers."""
+    front. The full decode happens when the sample is made, in the data loader's workers.
+    Returns the image's (width, height) from its header (anyres token counts depend on it)."""
     path = resolve_inside(image_folder, relative)
     if not path.is_file():
         raise ImageError(f"{relative}: file not found in {Path(image_folder)}")
-    _decode(path, str(relative), max_pixels, formats, verify_only=True)
+    size: list[tuple[int, int]] = []
+    _decode(path, str(relative), max_pixels, formats, on_size=lambda width, height: size.append((width, height)),
+            verify_only=True)
+    return size[0]
 
 
 def decode_image_bytes(data: bytes, label: str = "image", max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -155,9 +161,11 @@ def processor_side(image_processor) -> int:
 
 
 def preprocess(images: list[Image.Image], image_processor, mode: str):
-    """(N, 3, S, S) float pixel values for the vision tower."""
+    """(N, 3, S, S) float pixel values for the vision tower; for `anyres` use `preprocess_anyres`."""
     if mode not in IMAGE_MODES:
         raise ValueError(f"unknown image preprocessing {mode!r}; choose one of {IMAGE_MODES}")
+    if mode == "anyres":
+        raise ValueError("anyres images come with their sizes: use preprocess_anyres")
     if mode == "pad" and getattr(image_processor, "do_pad", False):
         # The processor pads itself (LlavaImageProcessor's do_pad: LLaVA's expand2square with the
         # mean colour), exactly as plain transformers, vLLM and lmms-eval run it on the checkpoint.
@@ -169,3 +177,14 @@ def preprocess(images: list[Image.Image], image_processor, mode: str):
     elif mode == "square":
         images = [image.resize((side, side), Image.BICUBIC) for image in images]
     return image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def preprocess_anyres(images: list[Image.Image], image_processor):
+    """LLaVA-NeXT tiling by the processor itself (a LlavaNextImageProcessor, whose grid pinpoints
+    decide the layout): pixel_values (N, P, 3, S, S), each image's whole view then its sub-images,
+    zero-padded to the most sub-images P of the list, and image_sizes (N, 2) as (height, width)."""
+    if not hasattr(image_processor, "image_grid_pinpoints"):
+        raise ValueError(f"image_mode anyres needs a LlavaNextImageProcessor (grid pinpoints); the checkpoint has "
+                         f"a {type(image_processor).__name__}, trained without sub-images")
+    output = image_processor(images=images, return_tensors="pt")
+    return output["pixel_values"], output["image_sizes"]

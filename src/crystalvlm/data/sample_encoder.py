@@ -11,6 +11,10 @@ and every path that encodes uses it:
 
 So the ids a model is trained on and the ids it is prompted with at inference come from the same
 object: the same template, the same `<image>` expansion, the same image preprocessing.
+
+anyres (LlavaNext checkpoints): one `<image>` expands to a run whose length depends on the image's
+(height, width) (`image_tokens`), so every encoding takes the images' sizes, and samples and prompts
+carry `image_sizes` (N, 2) beside pixel_values (N, P, 3, S, S).
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from crystalvlm.data.image_tokens import expand_image_tokens
-from crystalvlm.data.images import DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageError, open_image, preprocess, verify_image
+from crystalvlm.data.image_tokens import GridError, anyres_token_count, expand_image_tokens
+from crystalvlm.data.images import (DEFAULT_MAX_PIXELS, IMAGE_MODES, ImageError, open_image, preprocess,
+                                    preprocess_anyres, processor_side, verify_image)
 from crystalvlm.data.records import ConversationRecord, RecordProblem
 from crystalvlm.data.templates import IMAGE_PLACEHOLDER, ConversationError, Template, Turn
 
@@ -41,12 +46,15 @@ class SampleEncoder:
     tokenizer: Any
     template: Template | None
     image_token_id: int
-    tokens_per_image: int  # ids one `<image>` expands to: the model's image_seq_length
+    tokens_per_image: int  # ids one `<image>` expands to: the model's image_seq_length (anyres: the whole view's)
     image_mode: str = "pad"
     image_processor: Any = None
     processor: Any = None  # renders the chat template when `template` is None
     max_length: int | None = None  # tokens after image expansion; longer records are refused, never truncated
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # anyres with SPHINX-X skip tokens (the model config's crystalvlm_skip_padded_subimages): each
+    # sub-image that is all padding adds one token to its image's run
+    skip_padded_subimages: bool = False
 
     @classmethod
     def from_processor(cls, processor, config, template: Template | None, image_mode: str = "pad", *,
@@ -57,10 +65,12 @@ class SampleEncoder:
         image_token_id = getattr(config, "image_token_id", None)
         if image_token_id is None:  # older configs name it image_token_index
             image_token_id = config.image_token_index
+        check_grid(processor, config, image_mode)
         return cls(tokenizer=processor.tokenizer, template=template, image_token_id=int(image_token_id),
                    tokens_per_image=int(config.image_seq_length), image_mode=image_mode,
                    image_processor=processor.image_processor, processor=processor, max_length=max_length,
-                   max_pixels=max_pixels)
+                   max_pixels=max_pixels,
+                   skip_padded_subimages=bool(getattr(config, "crystalvlm_skip_padded_subimages", False)))
 
     # ---------------------------------------------------------------- training data
     def check_tokenizer(self) -> None:
@@ -70,14 +80,37 @@ class SampleEncoder:
                              "the checkpoint names none")
         self.template.check_tokenizer(self.tokenizer)
 
-    def encode(self, turns: Sequence[Turn]) -> tuple[list[int], list[int]]:
+    @property
+    def anyres(self) -> bool:
+        return self.image_mode == "anyres"
+
+    def image_tokens(self, sizes: Sequence[tuple[int, int]]) -> int | list[int]:
+        """The token run of each image given its (width, height): one count for all (fixed-size modes)
+        or one per image (anyres). Raises GridError for an image the grid cannot tile."""
+        if not self.anyres:
+            return self.tokens_per_image
+        side = processor_side(self.image_processor)
+        return [anyres_token_count(self.processor, height, width, side, self.skip_padded_subimages)
+                for width, height in sizes]
+
+    def encode(self, turns: Sequence[Turn], image_sizes: Sequence[tuple[int, int]] | None = None) -> tuple[list[int], list[int]]:
         """(input_ids, labels) of a training conversation, each `<image>` expanded to the image-token run
-        (labels IGNORE_INDEX there). Raises ConversationError for a conversation the template refuses."""
+        (labels IGNORE_INDEX there). `image_sizes`: (width, height) of each image, needed by anyres.
+        Raises ConversationError for a conversation the template refuses."""
         if self.template is None:
             raise ConversationError("no conversation template: training samples need one")
         ids, labels = self.template.encode(turns, self.tokenizer)
-        expanded_ids, expanded_labels = expand_image_tokens(ids, labels, self.image_token_id, self.tokens_per_image)
+        expanded_ids, expanded_labels = self._expand(ids, labels, image_sizes)
         return expanded_ids, expanded_labels  # type: ignore[return-value]
+
+    def _expand(self, ids: list[int], labels: list[int] | None, image_sizes: Sequence[tuple[int, int]] | None):
+        if self.anyres and image_sizes is None:
+            image_sizes = []  # a conversation without images; a placeholder then disagrees and is refused
+        try:
+            counts = self.image_tokens(image_sizes or [])
+            return expand_image_tokens(ids, labels, self.image_token_id, counts)
+        except (GridError, ValueError) as error:
+            raise ConversationError(str(error)) from None
 
     def check_record(self, record: ConversationRecord, image_folder: Path | None) -> int | RecordProblem:
         """The record's encoded length, or the RecordProblem that rules it out.
@@ -90,77 +123,113 @@ class SampleEncoder:
         def problem(reason: str) -> RecordProblem:
             return RecordProblem(record.source, record.record_id, reason)
 
+        sizes: list[tuple[int, int]] = []
         if record.has_image:
             if image_folder is None:
                 return problem("record has an image but no image folder was given")
             for relative in record.images:
                 try:
-                    verify_image(image_folder, relative, self.max_pixels)
+                    sizes.append(verify_image(image_folder, relative, self.max_pixels))
                 except ImageError as error:
                     return problem(str(error))
         try:
-            ids, labels = self.encode(record.turns)
+            counts = self.image_tokens(sizes)
+        except GridError as error:
+            return problem(f"{record.images}: {error}")
+        try:
+            ids, labels = self.encode(record.turns, sizes)
         except ConversationError as error:
             name = self.template.name if self.template is not None else None
             return problem(f"conversation cannot be encoded with template {name!r}: {error}")
         if self.max_length is not None and len(ids) > self.max_length:
-            return problem(f"{len(ids)} tokens is over max_length {self.max_length} (skipped rather than truncated)")
+            images = f" ({counts} of them image tokens for images of {sizes} px)" if self.anyres and sizes else ""
+            return problem(f"{len(ids)} tokens{images} is over max_length {self.max_length} (skipped rather than truncated)")
         if not any(label >= 0 for label in labels):
             return problem("no trained token after encoding")
         return len(ids)
 
     def sample(self, record: ConversationRecord, image_folder: Path | None) -> dict:
         """A training sample: input_ids and labels (lists of T ints), pixel_values (N_images, 3, S, S) in the
-        order of the record's `<image>` placeholders (its `image` list), or None."""
-        ids, labels = self.encode(record.turns)
-        pixel_values = None
+        order of the record's `<image>` placeholders (its `image` list), or None; anyres: pixel_values
+        (N_images, P, 3, S, S) and image_sizes (N_images, 2)."""
+        images: list[Image.Image] = []
         if record.has_image:
             try:
                 images = [open_image(image_folder, path, self.max_pixels) for path in record.images]  # type: ignore[arg-type]
             except ImageError as error:
                 raise ImageError(f"{record.source}: record {record.record_id!r}: {error}") from None
-            pixel_values = self.pixel_values(images)
-        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}
+        try:
+            ids, labels = self.encode(record.turns, [image.size for image in images])
+        except ConversationError as error:
+            raise ConversationError(f"{record.source}: record {record.record_id!r}: {error}") from None
+        sample = {"input_ids": ids, "labels": labels, "pixel_values": None}
+        if images:
+            pixel_values, image_sizes = self.pixel_inputs(images)
+            sample["pixel_values"] = pixel_values
+            if image_sizes is not None:
+                sample["image_sizes"] = image_sizes
+        return sample
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
-        """(N, 3, S, S) float pixel values, shaped by the image mode."""
-        return preprocess(images, self.image_processor, self.image_mode)
+        """(N, 3, S, S) float pixel values, shaped by the image mode (anyres: (N, P, 3, S, S))."""
+        return self.pixel_inputs(images)[0]
+
+    def pixel_inputs(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(pixel_values, image_sizes): image_sizes (N, 2) as (height, width) for anyres, else None."""
+        if self.anyres:
+            return preprocess_anyres(images, self.image_processor)
+        return preprocess(images, self.image_processor, self.image_mode), None
 
     # ---------------------------------------------------------------- inference
     def prompt(self, turns: Sequence[Turn], images: list[Image.Image]) -> tuple[list[int], torch.Tensor | None]:
         """A generation prompt: input_ids (T ints, image tokens expanded) and pixel_values (N, 3, S, S) or None.
+        anyres needs the images' sizes too: `prompt_inputs`."""
+        ids, pixel_values, _ = self.prompt_inputs(turns, images)
+        return ids, pixel_values
+
+    def prompt_inputs(self, turns: Sequence[Turn], images: list[Image.Image]
+                      ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """A generation prompt: input_ids, pixel_values or None, image_sizes (N, 2) or None (anyres only).
 
         Raises ConversationError, with a message meant for the requester, when the conversation cannot
-        be prompted (empty, refused by the template, placeholders and images disagree)."""
-        return self.prompt_ids(turns, len(images)), (self.pixel_values(images) if images else None)
+        be prompted (empty, refused by the template, placeholders and images disagree, an image the
+        anyres grid cannot tile)."""
+        sizes = [image.size for image in images]
+        ids = self.prompt_ids(turns, sizes)
+        if not images:
+            return ids, None, None
+        pixel_values, image_sizes = self.pixel_inputs(images)
+        return ids, pixel_values, image_sizes
 
-    def prompt_ids_many(self, conversations: Sequence[Sequence[Turn]], image_counts: Sequence[int]) -> list[list[int]]:
+    def prompt_ids_many(self, conversations: Sequence[Sequence[Turn]],
+                        image_sizes: Sequence[Sequence[tuple[int, int]]]) -> list[list[int]]:
         """`prompt_ids` of several conversations; with a template, one tokenizer call for all of them.
         Raises ConversationError as `prompt_ids` does for the first one that cannot be prompted."""
         if self.template is None or not all(conversations):
-            return [self.prompt_ids(turns, count) for turns, count in zip(conversations, image_counts)]
+            return [self.prompt_ids(turns, sizes) for turns, sizes in zip(conversations, image_sizes)]
         try:
             encoded = self.template.encode_many(conversations, self.tokenizer, add_generation_prompt=True)
         except ValueError as error:  # ConversationError, or a tokenizer's own refusal
             raise ConversationError(str(error)) from None
-        return [self._expanded(ids, count) for (ids, _), count in zip(encoded, image_counts)]
+        return [self._expanded(ids, sizes) for (ids, _), sizes in zip(encoded, image_sizes)]
 
-    def prompt_ids(self, turns: Sequence[Turn], image_count: int) -> list[int]:
+    def prompt_ids(self, turns: Sequence[Turn], image_sizes: Sequence[tuple[int, int]]) -> list[int]:
         """The input_ids of `prompt` alone (image tokens expanded), for a caller that preprocesses the
-        images itself (the engine preprocesses an image asked about by several requests once)."""
+        images itself (the engine preprocesses an image asked about by several requests once).
+        `image_sizes`: (width, height) of each image; only anyres's token runs depend on them."""
         if not turns:
             raise ConversationError("the conversation is empty")
-        return self._expanded(self._prompt_ids(turns), image_count)
+        return self._expanded(self._prompt_ids(turns), image_sizes)
 
-    def _expanded(self, ids: list[int], image_count: int) -> list[int]:
+    def _expanded(self, ids: list[int], image_sizes: Sequence[tuple[int, int]]) -> list[int]:
         """Prompt ids with each `<image>` id expanded to the image-token run, once the count is checked."""
         placeholders = sum(1 for token in ids if token == self.image_token_id)
-        if placeholders != image_count:
+        if placeholders != len(image_sizes):
             raise ConversationError(
-                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {image_count} image(s) "
+                f"the conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(image_sizes)} image(s) "
                 f"were given; put '{IMAGE_PLACEHOLDER}\\n' before the question once per image"
             )
-        expanded, _ = expand_image_tokens(ids, None, self.image_token_id, self.tokens_per_image)
+        expanded, _ = self._expand(ids, None, image_sizes)
         return expanded
 
     def _prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
@@ -182,6 +251,24 @@ class SampleEncoder:
         bos = self.tokenizer.bos_token
         add_bos = not (bos and text.startswith(bos))  # the chat template may write BOS itself
         return list(self.tokenizer(text, add_special_tokens=add_bos)["input_ids"])
+
+
+def check_grid(processor, config, image_mode: str) -> None:
+    """Refuse to encode for a checkpoint with a sub-image layout it was not trained with: anyres on a
+    model without a grid (a Llava), a plain mode on a LlavaNext (its features would not match), or
+    a processor whose grid pinpoints differ from the model's."""
+    model_grid = getattr(config, "image_grid_pinpoints", None)
+    processor_grid = getattr(getattr(processor, "image_processor", None), "image_grid_pinpoints", None)
+    if image_mode == "anyres":
+        if model_grid is None:
+            raise ValueError(f"image_mode anyres: this {type(config).__name__} was not trained with sub-images "
+                             "(no image_grid_pinpoints); use the image mode it was trained with")
+        if processor_grid is not None and [list(p) for p in processor_grid] != [list(p) for p in model_grid]:
+            raise ValueError(f"the image processor tiles by {processor_grid} but the model was trained with the grid "
+                             f"{model_grid}; sub-image layouts must match the checkpoint's")
+    elif model_grid is not None:
+        raise ValueError(f"image_mode {image_mode!r}: this checkpoint ({type(config).__name__}) was trained with anyres "
+                         f"sub-images on the grid {model_grid}; use image_mode anyres")
 
 
 def _content_items(text: str) -> list[dict]:

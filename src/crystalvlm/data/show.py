@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from crystalvlm.data.images import verify_image
 from crystalvlm.data.records import ConversationRecord, RecordProblem
 from crystalvlm.data.sample_encoder import SampleEncoder
 from crystalvlm.data.templates import IGNORE_INDEX
@@ -28,8 +29,15 @@ class ShownRecord:
 
 
 def show_record(record: ConversationRecord, image_folder: Path | None, encoder: SampleEncoder) -> ShownRecord:
-    """Encode a record as training does. Its images are checked when an image folder is given."""
-    input_ids, labels = encoder.encode(record.turns)
+    """Encode a record as training does. Its images are checked when an image folder is given (anyres
+    needs it: an image's token count depends on its size)."""
+    sizes = None
+    if encoder.anyres and record.has_image:
+        if image_folder is None:
+            raise ValueError(f"record {record.record_id!r}: with anyres an image's token count depends on its size; "
+                             "give the image folder")
+        sizes = [verify_image(image_folder, relative, encoder.max_pixels) for relative in record.images]
+    input_ids, labels = encoder.encode(record.turns, sizes)
     problem = None
     if image_folder is not None or not record.has_image:
         checked = encoder.check_record(record, image_folder)

@@ -141,12 +141,14 @@ class GenerationEngine:
         # preprocessing; every image of the call goes through the image processor in one call.
         memo = ImageMemo(self.prompts.encoder)
         try:
-            memo.preprocess([image for request in requests for image in request.images])
+            if not self.prompts.encoder.anyres:  # anyres prompts preprocess their own images (PromptBuilder.build)
+                memo.preprocess([image for request in requests for image in request.images])
         except Exception:
             # Then each request's images are preprocessed on their own below, and the failing one raises there as before.
             memo = ImageMemo(self.prompts.encoder)
         # Every prompt tokenised in one call (a bad one makes this None: each is then encoded alone).
-        ids = self.prompts.ids_of_many([request.turns for request in requests], [len(r.images) for r in requests])
+        ids = self.prompts.ids_of_many([request.turns for request in requests],
+                                      [[image.size for image in request.images] for request in requests])
         for index, request in enumerate(requests):
             try:
                 prepared.append(self.prepare(request, config.max_new_tokens, memo, ids[index] if ids else None))

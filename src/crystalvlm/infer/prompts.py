@@ -32,8 +32,10 @@ class RequestError(ValueError):
 @dataclass
 class PreparedPrompt:
     input_ids: list[int]  # image tokens expanded
-    pixel_values: torch.Tensor | None  # (n_images, 3, S, S)
+    pixel_values: torch.Tensor | None  # (n_images, 3, S, S); anyres: (n_images, P, 3, S, S)
     known_digests: list[bytes] | None = None  # image_digests, when the builder already computed them
+    image_sizes: torch.Tensor | None = None  # anyres only: (n_images, 2) (height, width)
+    image_runs: tuple[int, ...] | None = None  # anyres only: image tokens of each image, in order
 
     @property
     def length(self) -> int:
@@ -95,11 +97,18 @@ class PromptBuilder:
               input_ids: list[int] | None = None) -> PreparedPrompt:
         """The prompt of `turns` and `images`; `input_ids` when they were already encoded (`ids_of_many`)."""
         try:
+            if self.encoder.anyres:
+                # anyres images differ in sub-image count, so the memo's (N, 3, S, S) stacking does not
+                # apply: each prompt preprocesses its own images.
+                input_ids, pixel_values, image_sizes = self.encoder.prompt_inputs(turns, images)
+                runs = self.encoder.image_tokens([image.size for image in images]) if image_sizes is not None else None
+                return PreparedPrompt(input_ids, pixel_values, None, image_sizes,
+                                      tuple(runs) if runs is not None else None)  # type: ignore[arg-type]
             if input_ids is None and (memo is None or not images):
                 input_ids, pixel_values = self.encoder.prompt(turns, images)
                 return PreparedPrompt(input_ids, pixel_values)
             if input_ids is None:
-                input_ids = self.encoder.prompt_ids(turns, len(images))
+                input_ids = self.encoder.prompt_ids(turns, [image.size for image in images])
             if not images:
                 return PreparedPrompt(input_ids, None)
         except ConversationError as error:
@@ -109,11 +118,11 @@ class PromptBuilder:
         pixel_values, digests = memo.pixels(images)
         return PreparedPrompt(input_ids, pixel_values, digests)
 
-    def ids_of_many(self, conversations: list[list[Turn]], image_counts: list[int]) -> list[list[int]] | None:
+    def ids_of_many(self, conversations: list[list[Turn]], image_sizes: list[list[tuple[int, int]]]) -> list[list[int]] | None:
         """The input_ids of many prompts in one tokenizer call; None when one of them cannot be encoded
         (then `build` each alone, which names the one that fails)."""
         try:
-            return self.encoder.prompt_ids_many(conversations, image_counts)
+            return self.encoder.prompt_ids_many(conversations, image_sizes)
         except ConversationError:
             return None
 
@@ -145,10 +154,21 @@ def collate(prompts: list[PreparedPrompt], pad_token_id: int) -> PromptBatch:
         input_ids[row, longest - prompt.length :] = torch.tensor(prompt.input_ids, dtype=torch.long)
         attention_mask[row, longest - prompt.length :] = 1
     pixels = [prompt.pixel_values for prompt in prompts if prompt.pixel_values is not None]
+    sizes = [prompt.image_sizes for prompt in prompts if prompt.image_sizes is not None]
     return PromptBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        pixel_values=torch.cat(pixels) if pixels else None,
+        pixel_values=stack_images(pixels) if pixels else None,
         prompt_lengths=[prompt.length for prompt in prompts],
         images_per_row=[prompt.image_count for prompt in prompts],
+        image_sizes=torch.cat(sizes) if sizes else None,
     )
+
+
+def stack_images(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """Images of several prompts in order: (I, 3, S, S); anyres (I, P, 3, S, S) with each prompt's
+    sub-images zero-padded to the most P (the model drops the padding by each image's size)."""
+    if pixels[0].dim() == 4:
+        return torch.cat(pixels)
+    most = max(tensor.shape[1] for tensor in pixels)
+    return torch.cat([torch.nn.functional.pad(tensor, (0, 0, 0, 0, 0, 0, 0, most - tensor.shape[1])) for tensor in pixels])

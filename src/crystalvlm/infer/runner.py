@@ -41,6 +41,11 @@ def cache_keyword(model_class: type) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
+def image_size_inputs(image_sizes: torch.Tensor | None, device) -> dict:
+    """The `image_sizes` argument for a LlavaNext (anyres) model; nothing for a Llava."""
+    return {} if image_sizes is None else {"image_sizes": image_sizes.to(device)}
+
+
 @dataclass
 class PrefillStep:
     """One forward of a prefill done in steps: every row continues a row of the cache built so far.
@@ -55,6 +60,7 @@ class PrefillStep:
     attention_mask: torch.Tensor  # (R_s, W) long, 0 on padding
     position_ids: torch.Tensor  # (R_s, W) long: index of each token in its own prompt, 1 on padding
     pixel_values: torch.Tensor | None  # (I_s, 3, S, S): the images whose tokens are in this step, in row order
+    image_sizes: torch.Tensor | None = None  # (I_s, 2) anyres only: (height, width) of those images
 
     @property
     def positions_computed(self) -> int:
@@ -91,6 +97,8 @@ class PromptBatch:
     pixel_values: torch.Tensor | None  # (I, 3, S, S): the images of all rows, in row order
     prompt_lengths: list[int]  # unpadded length of each row
     images_per_row: list[int]  # how many of `pixel_values` belong to each row
+    # anyres (LlavaNext) only: (I, 2) (height, width) of each image; pixel_values are then (I, P, 3, S, S)
+    image_sizes: torch.Tensor | None = None
     # When set, `ModelRunner.prefill` runs these steps instead of one forward over `input_ids`: the same
     # prompts, with prefixes shared by several rows computed once; the last step has one row per prompt.
     prefill_steps: list[PrefillStep] | None = None
@@ -131,6 +139,7 @@ class ModelRunner:
         output = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
+            **image_size_inputs(batch.image_sizes, self.device),
             attention_mask=attention_mask,
             position_ids=positions,
             use_cache=True,
@@ -161,6 +170,7 @@ class ModelRunner:
             output = self.model(
                 input_ids=step.input_ids.to(self.device),
                 pixel_values=pixel_values,
+                **image_size_inputs(step.image_sizes, self.device),
                 attention_mask=attention_mask,
                 position_ids=step.position_ids.to(self.device),
                 **{self.cache_keyword: self.cache},

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crystalvlm.infer.prompts import PreparedPrompt
+from crystalvlm.infer.prompts import PreparedPrompt, stack_images
 from crystalvlm.infer.runner import PackedPrefill, PrefillStep
 
 # Use the plan only when it computes at most this fraction of the plain prefill's positions: each
@@ -87,14 +87,22 @@ def prompt_keys(prompt: PreparedPrompt, image_token_id: int) -> PromptKeys:
         return PromptKeys(list(prompt.input_ids), [])
     if count == 0 or not image_positions or len(image_positions) % count:
         raise ValueError(f"a prompt has {len(image_positions)} image tokens for {count} image(s)")
-    per_image = len(image_positions) // count
+    # Each image's run: equal for all images, or (anyres) its own length from its size.
+    runs = list(prompt.image_runs) if prompt.image_runs is not None else [len(image_positions) // count] * count
+    if sum(runs) != len(image_positions) or len(runs) != count:
+        raise ValueError(f"a prompt has {len(image_positions)} image tokens for image runs {runs}")
     digests = prompt.image_digests
     keys: list[TokenKey] = list(prompt.input_ids)
-    for seen, position in enumerate(image_positions):
-        keys[position] = (digests[seen // per_image], seen % per_image)
-    spans = [(image_positions[i * per_image], image_positions[(i + 1) * per_image - 1] + 1) for i in range(count)]
-    if any(end - start != per_image for start, end in spans):
-        raise ValueError("an image's tokens are not one contiguous run in the prompt")
+    spans = []
+    first = 0
+    for image, run in enumerate(runs):
+        positions = image_positions[first : first + run]
+        for index, position in enumerate(positions):
+            keys[position] = (digests[image], index)
+        spans.append((positions[0], positions[-1] + 1))
+        if positions[-1] + 1 - positions[0] != run:
+            raise ValueError("an image's tokens are not one contiguous run in the prompt")
+        first += run
     return PromptKeys(keys, spans)
 
 
@@ -171,6 +179,7 @@ def _step(level: list[_Row], prompts: list[PreparedPrompt], keys: list[PromptKey
     attention_mask = torch.zeros((len(level), width), dtype=torch.long)
     position_ids = torch.ones((len(level), width), dtype=torch.long)
     images: list[torch.Tensor] = []
+    sizes: list[torch.Tensor] = []
     for index, row in enumerate(level):
         count = row.end - row.start
         if count:
@@ -181,8 +190,11 @@ def _step(level: list[_Row], prompts: list[PreparedPrompt], keys: list[PromptKey
         for image, (start, end) in enumerate(keys[row.prompt].image_spans):
             if row.start <= start and end <= row.end:  # a row holds whole images only (see _shared_split)
                 images.append(prompts[row.prompt].pixel_values[image : image + 1])  # type: ignore[index]
+                if prompts[row.prompt].image_sizes is not None:
+                    sizes.append(prompts[row.prompt].image_sizes[image : image + 1])  # type: ignore[index]
     parents = None if level[0].parent is None else [row.parent for row in level]
-    return PrefillStep(parents, input_ids, attention_mask, position_ids, torch.cat(images) if images else None)  # type: ignore[arg-type]
+    return PrefillStep(parents, input_ids, attention_mask, position_ids, stack_images(images) if images else None,  # type: ignore[arg-type]
+                       torch.cat(sizes) if sizes else None)
 
 
 def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,

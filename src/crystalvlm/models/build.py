@@ -11,7 +11,16 @@ identity activation compose to one linear map of the same rank (min(vision, text
 checkpoint with a linear projector still loads with no crystalvlm code. It also starts as one map:
 the first layer initialised like LLaVA's `nn.Linear`, the second (text width square) as the
 identity (`start_as_one_linear_map`).
+
+anyres (image_mode `anyres`, LLaVA-NeXT). The composed model is HF's LlavaNextForConditionalGeneration
+and the processor a LlavaNextProcessor over a LlavaNextImageProcessor: the image is resized into the
+best of the grid pinpoints (`image_grid_pinpoints`, (height, width) in pixels, multiples of the
+tower's side), padded, cut into tower-sized sub-images, and a downscaled whole view comes first;
+the model packs the sub-images' features with `spatial_unpad` (padding rows/columns dropped) and an
+`image_newline` embedding closing each row. So one image becomes a number of tokens that depends on
+its size; `LlavaNextProcessor` states the count and data/image_tokens.py asks it.
 """
+
 
 from __future__ import annotations
 
@@ -28,6 +37,10 @@ from transformers import (
     CLIPVisionConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
     PretrainedConfig,
     SiglipVisionConfig,
@@ -75,11 +88,17 @@ class ModelSpec:
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"
     image_processor: dict[str, Any] = field(default_factory=dict)  # overrides (size, mean, std)
+    # anyres only: the (height, width) resolutions in pixels an image may be tiled into; None: the
+    # tower's side S times [1x2, 2x1, 2x2, 1x3, 3x1] sub-images (LLaVA-NeXT's default grid)
+    image_grid_pinpoints: list[list[int]] | None = None
+    # anyres only: SPHINX-X's skip token for sub-images that are all padding (models/skip_tokens.py)
+    skip_padded_subimages: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ModelSpec":
         known = {"vision", "llm", "tokenizer", "projector", "vision_feature_layer",
-                 "vision_feature_select_strategy", "image_processor"}
+                 "vision_feature_select_strategy", "image_processor", "image_grid_pinpoints",
+                 "skip_padded_subimages"}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown model keys {sorted(unknown)}; known: {sorted(known)}")
@@ -91,6 +110,9 @@ class ModelSpec:
             vision_feature_layer=int(raw.get("vision_feature_layer", -2)),
             vision_feature_select_strategy=raw.get("vision_feature_select_strategy", "default"),
             image_processor=dict(raw.get("image_processor", {})),
+            image_grid_pinpoints=([[int(side) for side in pinpoint] for pinpoint in raw["image_grid_pinpoints"]]
+                                  if raw.get("image_grid_pinpoints") is not None else None),
+            skip_padded_subimages=bool(raw.get("skip_padded_subimages", False)),
         )
 
 
@@ -169,10 +191,12 @@ def image_token_count(vision_config: PretrainedConfig, strategy: str) -> int:
     return patches + extra - (1 if strategy == "default" else 0)
 
 
-def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, Any], image_mode: str | None = None):
+def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, Any], image_mode: str | None = None,
+                          pinpoints: list[list[int]] | None = None):
     """The processor saved with the model. For image_mode `pad` it is a LlavaImageProcessor with
     `do_pad` (LLaVA's expand2square with the mean colour, then the resize), so plain transformers,
-    vLLM and lmms-eval reading the checkpoint see the pixels the model was trained on."""
+    vLLM and lmms-eval reading the checkpoint see the pixels the model was trained on. For `anyres`
+    it is a LlavaNextImageProcessor with the model's grid pinpoints."""
     side = vision_config.image_size
     settings: dict[str, Any] = {
         "size": {"height": side, "width": side},
@@ -180,6 +204,8 @@ def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, 
         "crop_size": {"height": side, "width": side},
     }
     settings.update(overrides)
+    if image_mode == "anyres":
+        return LlavaNextImageProcessor(**settings, image_grid_pinpoints=pinpoints, do_pad=True)
     if image_mode == "pad":
         from transformers import LlavaImageProcessor
 
@@ -187,10 +213,24 @@ def build_image_processor(vision_config: PretrainedConfig, overrides: dict[str, 
     return CLIPImageProcessor(**settings)
 
 
-def build_llava(spec: ModelSpec, chat_template: str | None = None,
-                image_mode: str | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def grid_pinpoints(spec: ModelSpec, side: int) -> list[list[int]]:
+    """The anyres grid: the recipe's pinpoints (checked: each side a multiple of the tower's `side`),
+    else LLaVA-NeXT's five layouts at this tower's side."""
+    if spec.image_grid_pinpoints is None:
+        return [[side, 2 * side], [2 * side, side], [2 * side, 2 * side], [side, 3 * side], [3 * side, side]]
+    pinpoints = spec.image_grid_pinpoints
+    if not pinpoints or any(len(pinpoint) != 2 or min(pinpoint) < side or pinpoint[0] % side or pinpoint[1] % side
+                            for pinpoint in pinpoints):
+        raise ValueError(f"image_grid_pinpoints {pinpoints}: each must be [height, width] in pixels, multiples of "
+                         f"the vision tower's side {side}")
+    return pinpoints
+
+
+def build_llava(spec: ModelSpec, chat_template: str | None = None, image_mode: str | None = None):
     """Compose the model and its processor. Pretrained parts have their weights loaded;
-    `image_mode` (the recipe's) decides what preprocessing the saved image processor carries."""
+    `image_mode` (the recipe's) decides what preprocessing the saved image processor carries and,
+    for `anyres`, the class: (LlavaNextForConditionalGeneration, LlavaNextProcessor); otherwise
+    (LlavaForConditionalGeneration, LlavaProcessor)."""
     if spec.projector not in PROJECTOR_ACTIVATION:
         raise ValueError(f"unknown projector {spec.projector!r}; known: {sorted(PROJECTOR_ACTIVATION)}")
     if spec.vision_feature_select_strategy not in FEATURE_SELECT:
@@ -214,19 +254,33 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None,
         # Serving engines (vLLM) choose the LLM's class by it; a part built from a config has none.
         text_config.architectures = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text_config.model_type]]
     image_tokens = image_token_count(vision_config, spec.vision_feature_select_strategy)
-    config = LlavaConfig(
+    anyres = image_mode == "anyres"
+    if spec.image_grid_pinpoints is not None and not anyres:
+        raise ValueError(f"image_grid_pinpoints is an anyres setting; image_mode is {image_mode!r}")
+    common = dict(
         vision_config=vision_config,
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=image_tokens,
+        image_seq_length=image_tokens,  # anyres: the whole view's tokens; the sub-images add more
         projector_hidden_act=PROJECTOR_ACTIVATION[spec.projector],
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
     )
+    if anyres:
+        pinpoints = grid_pinpoints(spec, vision_config.image_size)
+        config = LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+    else:
+        config = LlavaConfig(**common)
     config.pad_token_id = tokenizer.pad_token_id
-    model = LlavaForConditionalGeneration(config)
+    model = LlavaNextForConditionalGeneration(config) if anyres else LlavaForConditionalGeneration(config)
     if spec.projector == "linear":
         start_as_one_linear_map(model.model.multi_modal_projector)
+    if spec.skip_padded_subimages:
+        if not anyres:
+            raise ValueError(f"skip_padded_subimages is an anyres setting; image_mode is {image_mode!r}")
+        from crystalvlm.models.skip_tokens import enable_skip_tokens
+
+        enable_skip_tokens(model)
     if spec.vision.pretrained:
         _load_vision_weights(model, spec.vision)
     if spec.llm.pretrained:
@@ -235,8 +289,9 @@ def build_llava(spec: ModelSpec, chat_template: str | None = None,
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    image_processor = build_image_processor(vision_config, spec.image_processor, image_mode)
-    processor = LlavaProcessor(
+    image_processor = build_image_processor(vision_config, spec.image_processor, image_mode,
+                                            pinpoints if anyres else None)
+    processor = (LlavaNextProcessor if anyres else LlavaProcessor)(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,

@@ -118,6 +118,14 @@ def save_checkpoint(model, processor, directory: str | Path, info: CheckpointInf
     for stale in directory.parent.glob(directory.name + ".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed writer
     staging.mkdir(parents=True)
+    from crystalvlm.models.skip_tokens import PARAMETER, save_skip_tokens, uses_skip_tokens
+
+    if uses_skip_tokens(model.config):
+        # The native weights without the skip embedding (plain transformers would warn of an unknown
+        # key); the embedding goes beside them (models/skip_tokens.py).
+        state_dict = {key: value for key, value in (state_dict or model.state_dict()).items()
+                      if not key.endswith(PARAMETER)}
+        save_skip_tokens(model, staging)
     model.save_pretrained(staging, state_dict=state_dict)
     processor.save_pretrained(staging)
     write_sidecar(staging, info)
@@ -150,6 +158,10 @@ def load_checkpoint(name_or_path: str | Path, dtype: torch.dtype | None = None, 
         model, processor = load_partial_lora(Path(directory), dtype=dtype, device=device)
         return model, processor, read_sidecar(directory)
     model = AutoModelForImageTextToText.from_pretrained(directory, dtype=dtype or torch.float32)
+    from crystalvlm.models.skip_tokens import load_skip_tokens, uses_skip_tokens
+
+    if uses_skip_tokens(model.config):
+        load_skip_tokens(model, Path(directory))
     model.to(device).eval()
     processor = AutoProcessor.from_pretrained(directory)
     return model, processor, read_sidecar(directory)

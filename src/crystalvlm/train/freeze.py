@@ -14,10 +14,14 @@ import torch
 
 
 def model_parts(model) -> dict[str, list[torch.nn.Parameter]]:
-    """Parameters of each part of a LlavaForConditionalGeneration (LLaVA-NeXT's mm_tunable_parts)."""
+    """Parameters of each part of a LlavaForConditionalGeneration (LLaVA-NeXT's mm_tunable_parts).
+    A LlavaNext's `image_newline` (and a skip-token embedding, when there is one) trains with the
+    projector, as LLaVA-NeXT's mm_mlp_adapter part holds its image_newline."""
+    extra = [getattr(model.model, name) for name in ("image_newline", "skip_embedding")
+             if isinstance(getattr(model.model, name, None), torch.nn.Parameter)]
     return {
         "vision": list(model.model.vision_tower.parameters()),
-        "projector": list(model.model.multi_modal_projector.parameters()),
+        "projector": list(model.model.multi_modal_projector.parameters()) + extra,
         "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters()),
     }
 

@@ -207,6 +207,11 @@ def build_or_load(run: StageRun, init_from: Path | None):
     else:
         model, processor, _ = load_checkpoint(init_from)
         processor.chat_template = template.chat_template_jinja()
+        wanted = (run.recipe.model or {}).get("image_grid_pinpoints")
+        trained = getattr(model.config, "image_grid_pinpoints", None)
+        if wanted is not None and [list(p) for p in wanted] != [list(p) for p in (trained or [])]:
+            raise ValueError(f"stage {run.stage.name!r}: the recipe tiles images by the grid {wanted} but {init_from} "
+                             f"was trained with {trained}; a checkpoint keeps the sub-image layout it was trained with")
     model.train()
     model.config.use_cache = False
     return model, processor
@@ -319,7 +324,9 @@ def freeze(run: StageRun, model) -> list[dict]:
         summary.write(run.folder / "freeze_summary.json")
     precision = "fp32" if summary.precision == "no" else summary.precision
     run.say(f"stage {stage.name}: template {stage.template}, precision {precision}, "
-            f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}")
+            f"tunable {stage.tunable}\n{summary.table()}\nimage tokens per image: {model.config.image_seq_length}"
+            + (" (the whole view; anyres sub-images add tokens by image size, grid "
+               f"{model.config.image_grid_pinpoints})" if getattr(model.config, "image_grid_pinpoints", None) else ""))
     return groups
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from crystalvlm.worlds.base import World
 from crystalvlm.worlds.hallucination.world import HallucinationWorld
 from crystalvlm.worlds.shapes.world import ShapesWorld
+from crystalvlm.worlds.shapes_hires.world import ShapesHiresWorld
 from crystalvlm.worlds.web.world import WebWorld
 
-WORLDS: dict[str, World] = {world.name: world for world in (ShapesWorld(), WebWorld(), HallucinationWorld())}
+WORLDS: dict[str, World] = {world.name: world for world in (ShapesWorld(), WebWorld(), HallucinationWorld(),
+                                                          ShapesHiresWorld())}
 
 
 def get_world(name: str) -> World:

@@ -122,6 +122,7 @@ class ContrastiveLogits:
             pixel_values=torch.cat([batch.pixel_values, distorted_pixels]),
             prompt_lengths=batch.prompt_lengths * 2,
             images_per_row=batch.images_per_row * 2,
+            image_sizes=None if batch.image_sizes is None else torch.cat([batch.image_sizes, batch.image_sizes]),
         )
         return self._combine(self.runner.prefill(paired))
 
