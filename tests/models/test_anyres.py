@@ -164,8 +164,8 @@ def test_bad_anyres_records_are_named_and_skipped(anyres_checkpoint, colour_worl
     reasons = {problem.record_id: problem.reason for problem in prepared.problems}
     assert set(reasons) == {"sliver", "two-tags", "no-tag"}
     assert "too elongated for the grid" in reasons["sliver"] and "sliver.png" in reasons["sliver"]
-    assert "2 <image> placeholder(s) for 1 image(s)" in reasons["two-tags"]
-    assert "0 <image> placeholder(s) for 1 image(s)" in reasons["no-tag"]
+    assert "2 <image> placeholder(s) in the conversation for 1 image(s)" in reasons["two-tags"]
+    assert "0 <image> placeholder(s) in the conversation for 1 image(s)" in reasons["no-tag"]
     # Too many image tokens for max_length: the count of image tokens is named.
     short = SampleEncoder.from_processor(processor, config, get_template("vicuna_v1"), "anyres", max_length=40)
     too_long = prepare_dataset([DataSource(records, tmp_path / "images")], short)

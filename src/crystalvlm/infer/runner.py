@@ -78,10 +78,11 @@ class PackedPrefill:
     input_ids: torch.Tensor  # (1, P) long
     position_ids: torch.Tensor  # (1, P) long: index of each token in its own prompt
     visible: torch.Tensor  # (P, P) bool: token i may attend to token j (a tree-shaped causal mask)
-    pixel_values: torch.Tensor | None  # (I, 3, S, S): the images, in the order their tokens appear in the row
+    pixel_values: torch.Tensor | None  # (I, 3, S, S) (anyres: (I, P, 3, S, S)): the images, in the order their tokens appear in the row
     gather: torch.Tensor  # (G, T) long: the row index of each group row's t-th token (left padded: 0 there)
     attention_mask: torch.Tensor  # (G, T) long, 0 on left padding
     then: PrefillStep  # the own tokens: parent_rows index the G gathered rows
+    image_sizes: torch.Tensor | None = None  # (I, 2) anyres only: (height, width) of those images
 
     @property
     def positions_computed(self) -> int:
@@ -203,6 +204,7 @@ class ModelRunner:
         output = self.model(
             input_ids=packed.input_ids.to(self.device),
             pixel_values=pixel_values,
+            **image_size_inputs(packed.image_sizes, self.device),
             attention_mask=visible,  # a 4D mask is taken as given (transformers' masking_utils)
             position_ids=packed.position_ids.to(self.device),
             use_cache=True,

@@ -238,6 +238,7 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
     first_token: list[int] = []  # per segment: where its tokens start in the row
     parent_segment: list[int | None] = []
     images: list[torch.Tensor] = []
+    sizes: list[torch.Tensor] = []  # anyres only: (1, 2) per image
     for depth, level in enumerate(prefix_levels):
         before = sum(len(earlier) for earlier in prefix_levels[:depth - 1]) if depth else 0
         for row in level:
@@ -249,6 +250,8 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
             for image, (start, end) in enumerate(keys[row.prompt].image_spans):
                 if row.start <= start and end <= row.end:  # a row holds whole images only (see _shared_split)
                     images.append(prompts[row.prompt].pixel_values[image : image + 1])  # type: ignore[index]
+                    if prompts[row.prompt].image_sizes is not None:
+                        sizes.append(prompts[row.prompt].image_sizes[image : image + 1])  # type: ignore[index]
     # A segment sees itself and its ancestors; a token sees the earlier tokens of the segments it sees.
     sees = torch.zeros((len(parent_segment), len(parent_segment)), dtype=torch.bool)
     for segment, parent in enumerate(parent_segment):
@@ -280,8 +283,9 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),
         visible=visible,
-        pixel_values=torch.cat(images) if images else None,
+        pixel_values=stack_images(images) if images else None,
         gather=gather,
         attention_mask=attention_mask,
         then=then,
+        image_sizes=torch.cat(sizes) if sizes else None,
     )
