@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -83,6 +84,19 @@ def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, positio
 _PRETRAIN = {"clip": _pretrain_clip, "lm": _pretrain_lm}
 
 
+def _die_with_parent() -> None:
+    """In a part's process: on Linux, ask the kernel to kill it when the preparing process dies (a kill,
+    a crash, the OOM killer), so no orphan keeps training and races the resumed run for the part's folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(1)
+
+
 def _pretrain_part_alone(part: str, world: Path, settings: dict, seed: int, progress: bool) -> dict:
     """One part in a process of its own, on one thread (see the module docstring)."""
     import torch
@@ -98,7 +112,7 @@ def _pretrain_parts_side_by_side(folder: PreparedFolder, world: Path, settings: 
     pending = [part for part in PARTS if not folder.done(part)]
     # spawn, not fork: this process may already hold OpenMP threads, which a forked child inherits broken.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(pending), mp_context=context) as pool:
+    with ProcessPoolExecutor(len(pending), mp_context=context, initializer=_die_with_parent) as pool:
         running = {pool.submit(_pretrain_part_alone, part, world, settings, seed, progress): part for part in pending}
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -36,10 +36,12 @@ def build_quickstart_tasks(world: Path, limit_per_task: int | None = None,
 class ShapesWorld(World):
     name = "shapes"
     recipe = "tiny"
-    # A reduced run for tests: same steps, small sizes.
+    # A reduced run for tests: same steps, small sizes; the parts pretrain one after the other, since
+    # starting two processes for 6 steps each costs more than it saves (tests/core/test_parallel_parts.py
+    # covers the side-by-side path).
     smoke_overrides = (
         "prepare.n_train=120", "prepare.n_eval=12", "prepare.clip_steps=6", "prepare.lm_steps=6",
-        "stages.align.max_steps=3", "stages.finetune.max_steps=4",
+        "prepare.parallel_parts=false", "stages.align.max_steps=3", "stages.finetune.max_steps=4",
     )
     pretrained_parts = ("clip", "lm")
 
