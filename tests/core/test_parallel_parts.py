@@ -1,7 +1,7 @@
-"""The tiny CLIP and LM pretrained side by side (`prepare.parallel_parts`): each in a single-threaded
-process of its own, they come out bitwise the same as pretrained one after the other on one thread,
-and a kill of the preparing process mid-way takes its part processes with it and resumes to the
-same parts."""
+"""The tiny CLIP and LM pretrained side by side (`prepare.parallel_parts`): each in a process of its
+own (one thread, the LM taking two once the CLIP is done), they come out bitwise the same as
+pretrained one after the other on one thread, and a kill of the preparing process mid-way takes its
+part processes with it and resumes to the same parts."""
 
 from __future__ import annotations
 
@@ -41,7 +41,34 @@ if __name__ == "__main__":
 """
 
 
-def test_parts_side_by_side_match_one_thread_and_survive_a_kill(tmp_path):
+def test_the_tiny_lm_steps_alike_on_one_and_two_threads():
+    """What lets the LM change its thread count mid-run without changing the parts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from crystalvlm.worlds.parts.tiny import tiny_llm_config
+
+    def three_steps(threads: int) -> torch.Tensor:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        config = {k: v for k, v in tiny_llm_config(300, hidden=128, layers=2).items() if k != "model_type"}
+        model = LlamaForCausalLM(LlamaConfig(**config))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            ids = torch.randint(5, 300, (8, 128), generator=batches)
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    threads = torch.get_num_threads()
+    try:
+        assert torch.equal(three_steps(1), three_steps(2))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_parts_side_by_side_match_one_thread_and_survive_a_kill(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -55,7 +82,7 @@ def test_parts_side_by_side_match_one_thread_and_survive_a_kill(tmp_path):
     script = tmp_path / "prepare.py"
     script.write_text(PREPARE)
     process = subprocess.Popen([sys.executable, str(script), str(world), json.dumps(_settings(True))],
-                               env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               env={**os.environ, "OMP_NUM_THREADS": "2"},  # the LM takes 2 after the CLIP
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     children: list[int] = []
     deadline = time.time() + 300
@@ -79,6 +106,7 @@ def test_parts_side_by_side_match_one_thread_and_survive_a_kill(tmp_path):
         time.sleep(0.05)
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # read by the part processes this run spawns
     record = prepare_tiny_world(world, _settings(True), seed=0, progress=False)
     assert _parts(world) == expected
     assert not list(world.rglob("*.partial-*"))

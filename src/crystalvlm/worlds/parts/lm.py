@@ -101,9 +101,11 @@ def pretrain_tiny_lm(
     progress: bool = True,
     packing: str = "lines",
     progress_position: int = 0,
+    before_step=None,
 ) -> PretrainReport:
     """Next-token pretraining on packed blocks of the world's text; saves the model and tokenizer.
-    `packing`: "lines" (`pack_lines`, in corpus order) or "best_fit" (`pack_lines_best_fit`)."""
+    `packing`: "lines" (`pack_lines`, in corpus order) or "best_fit" (`pack_lines_best_fit`);
+    `before_step(step)`: see `loop.optimise`."""
     if packing not in PACKINGS:
         raise ValueError(f"pretrain_tiny_lm: packing must be one of {PACKINGS}, got {packing!r}")
     torch.manual_seed(seed)
@@ -123,7 +125,8 @@ def pretrain_tiny_lm(
         return model(input_ids=blocks[batch], labels=labels[batch]).loss
 
     losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,
-                               description="pretrain tiny LM", progress=progress, position=progress_position)
+                               description="pretrain tiny LM", progress=progress, position=progress_position,
+                               before_step=before_step)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return PretrainReport(**report(losses, seconds))

@@ -9,8 +9,10 @@
 The CLIP and the LM need only the world and the tokenizer, not each other. With `parallel_parts: true`
 in the settings (recipe `tiny`) they train at the same time in two processes of one thread each: a
 model this small gains little from a second thread (its matrices are too small to split well), so
-two single-threaded runs side by side finish the pair in about the time of the longer one. Each
-process sets its thread count, so the parts do not depend on the machine's core count.
+two single-threaded runs side by side finish the pair in about the time of the longer one. The CLIP
+finishes first (its steps cost about half the LM's); from then on the LM takes torch's usual thread
+count, so the freed core is not left idle. The thread count does not change the tiny LM's numbers
+(tests/core/test_parallel_parts.py checks the parts bitwise against a one-thread run).
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def _pretrain_clip(world: Path, settings: dict, seed: int, progress: bool, posit
             "seconds": report.seconds}
 
 
-def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, position: int = 0) -> dict:
+def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, position: int = 0,
+                 before_step=None) -> dict:
     from transformers import AutoTokenizer
 
     from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
@@ -76,7 +79,7 @@ def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, positio
     with staged(parts / "lm") as out:
         report = pretrain_tiny_lm(_corpus(world), tokenizer, tiny_llm_config(len(tokenizer), **settings["llm"]), out,
                                   steps=int(settings["lm_steps"]), seed=seed, progress=progress,
-                                  progress_position=position, **options)
+                                  progress_position=position, before_step=before_step, **options)
     return {"steps": report.steps, "first_loss": report.first_loss, "last_loss": report.last_loss,
             "seconds": report.seconds}
 
@@ -101,8 +104,19 @@ def _pretrain_part_alone(part: str, world: Path, settings: dict, seed: int, prog
     """One part in a process of its own, on one thread (see the module docstring)."""
     import torch
 
+    usual_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return _PRETRAIN[part](world, settings, seed, progress, position=PARTS.index(part))
+    if part != "lm":
+        return _PRETRAIN[part](world, settings, seed, progress, position=PARTS.index(part))
+    clip = world / "parts" / "clip"
+
+    def take_the_cores_once_clip_is_done(step: int) -> None:
+        # parts/clip appears in one rename when the CLIP's process has saved it.
+        if torch.get_num_threads() != usual_threads and clip.is_dir():
+            torch.set_num_threads(usual_threads)
+
+    return _pretrain_lm(world, settings, seed, progress, position=PARTS.index(part),
+                        before_step=take_the_cores_once_clip_is_done)
 
 
 def _pretrain_parts_side_by_side(folder: PreparedFolder, world: Path, settings: dict, seed: int,
