@@ -47,6 +47,10 @@ def _eval_image(out: Path) -> Path:
 
 def test_report_has_the_promised_fields(smoke_quickstart, report):
     assert report["wall_seconds"] > 0
+    # Per phase, wall and CPU seconds under the same keys, and the load they were taken at.
+    assert set(report["cpu_timings"]) == set(report["timings"]) >= {"prepare_s", "eval_before_s", "train_s", "eval_after_s"}
+    assert all(seconds >= 0 for seconds in report["cpu_timings"].values()) and report["cpu_seconds"] > 0
+    assert report["load_average"] is None or report["load_average"] >= 0
     benchmarks = report["benchmarks"]
     assert set(benchmarks) == {"pope_random", "pope_popular", "pope_adversarial", "mme"}
     for split in ("pope_random", "pope_popular", "pope_adversarial"):

@@ -29,6 +29,7 @@ def pretrain_tiny_clip(
     image_mean=(0.48145466, 0.4578275, 0.40821073),
     image_std=(0.26862954, 0.26130258, 0.27577711),
     progress: bool = True,
+    progress_position: int = 0,
 ) -> PretrainReport:
     """Contrastive pretraining for a fixed number of steps (steps, not seconds: same seed, same
     weights on any machine), then save_pretrained. `lr`'s default is the one that learns on the
@@ -63,7 +64,8 @@ def pretrain_tiny_clip(
                      pixel_values=pixels[batch], return_loss=True).loss
 
     losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,
-                               description="pretrain tiny CLIP", progress=progress)
+                               description="pretrain tiny CLIP", progress=progress,
+                               position=progress_position)
     model.save_pretrained(out_dir)
     return PretrainReport(**report(losses, seconds, chance_loss=math.log(batch_size)))
 

@@ -4,6 +4,7 @@ on text: a LlamaForCausalLM trained on packed lines, saved with its tokenizer.
 
 from __future__ import annotations
 
+import bisect
 import random
 from pathlib import Path
 
@@ -43,6 +44,50 @@ def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.T
     return input_ids, labels
 
 
+def pack_lines_best_fit(lines: list[list[int]], block: int, pad_id: int,
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `pack_lines` (no line that fits in a block is split; longer ones are cut into block-sized
+    pieces), but lines are placed best-fit decreasing: longest first, each into the block whose free
+    space it fills most tightly. In-order packing leaves ~22% of the shapes world's blocks as padding
+    (a line that does not fit starts a new block); best fit leaves ~3%, so a batch of blocks carries
+    more text per step for the same compute. The blocks, and the lines within each, are then shuffled
+    with `seed`, so neighbouring lines are unrelated as in a shuffled corpus. Deterministic for a seed."""
+    pieces: list[list[int]] = []
+    for line in lines:
+        while len(line) > block:
+            pieces.append(line[:block])
+            line = line[block:]
+        if line:
+            pieces.append(line)
+    if not pieces:
+        raise ValueError("text corpus is empty: nothing to pretrain the LM on")
+    rows: list[list[int]] = []  # piece indices per block
+    free: list[tuple[int, int]] = []  # (space left, block index), sorted
+    for index in sorted(range(len(pieces)), key=lambda i: (-len(pieces[i]), i)):
+        size = len(pieces[index])
+        slot = bisect.bisect_left(free, (size, -1))  # the tightest block with room for it
+        if slot < len(free):
+            space, row = free.pop(slot)
+        else:
+            rows.append([])
+            space, row = block, len(rows) - 1
+        rows[row].append(index)
+        bisect.insort(free, (space - size, row))
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    input_ids = torch.full((len(rows), block), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), block), -100, dtype=torch.long)
+    for position, members in enumerate(rows):
+        rng.shuffle(members)
+        row = [token for index in members for token in pieces[index]]
+        input_ids[position, : len(row)] = torch.tensor(row)
+        labels[position, : len(row)] = torch.tensor(row)
+    return input_ids, labels
+
+
+PACKINGS = ("lines", "best_fit")
+
+
 def pretrain_tiny_lm(
     texts: list[str],
     tokenizer,
@@ -54,8 +99,15 @@ def pretrain_tiny_lm(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    packing: str = "lines",
+    progress_position: int = 0,
+    before_step=None,
 ) -> PretrainReport:
-    """Next-token pretraining on packed blocks of the world's text; saves the model and tokenizer."""
+    """Next-token pretraining on packed blocks of the world's text; saves the model and tokenizer.
+    `packing`: "lines" (`pack_lines`, in corpus order) or "best_fit" (`pack_lines_best_fit`);
+    `before_step(step)`: see `loop.optimise`."""
+    if packing not in PACKINGS:
+        raise ValueError(f"pretrain_tiny_lm: packing must be one of {PACKINGS}, got {packing!r}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     fields = {k: v for k, v in llm_config.items() if k != "model_type"}
@@ -65,14 +117,16 @@ def pretrain_tiny_lm(
     fields["eos_token_id"] = tokenizer.eos_token_id
     model = LlamaForCausalLM(LlamaConfig(**fields))
     lines = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
-    blocks, labels = pack_lines(lines, block, tokenizer.pad_token_id)  # (N_blocks, block) each
+    blocks, labels = (pack_lines_best_fit(lines, block, tokenizer.pad_token_id, seed=seed) if packing == "best_fit"
+                      else pack_lines(lines, block, tokenizer.pad_token_id))  # (N_blocks, block) each
 
     def step_loss(step: int) -> torch.Tensor:
         batch = torch.tensor([rng.randrange(len(blocks)) for _ in range(batch_size)])  # blocks drawn with replacement
         return model(input_ids=blocks[batch], labels=labels[batch]).loss
 
     losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,
-                               description="pretrain tiny LM", progress=progress)
+                               description="pretrain tiny LM", progress=progress, position=progress_position,
+                               before_step=before_step)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return PretrainReport(**report(losses, seconds))

@@ -42,15 +42,21 @@ def warmup_cosine(warmup: int) -> Callable[[int, int], float]:
 
 def optimise(model: torch.nn.Module, step_loss: Callable[[int], torch.Tensor], steps: int, lr: float,
              schedule: Callable[[int, int], float], weight_decay: float, description: str,
-             progress: bool = True, max_grad_norm: float = 1.0) -> tuple[list[float], float]:
-    """Run `steps` AdamW steps on `step_loss(step)`; return (loss per step, seconds)."""
+             progress: bool = True, max_grad_norm: float = 1.0, position: int = 0,
+             before_step: Callable[[int], None] | None = None) -> tuple[list[float], float]:
+    """Run `steps` AdamW steps on `step_loss(step)`; return (loss per step, seconds). `position`: the
+    progress bar's line, for loops that run side by side in several processes. `before_step(step)`
+    runs before each step's batch is drawn (it must not touch the RNGs): a chance to change the
+    thread count, say."""
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     losses: list[float] = []
     started = time.time()
-    bar = tqdm(desc=description, total=steps, disable=not progress, unit="step")
+    bar = tqdm(desc=description, total=steps, disable=not progress, unit="step", position=position)
     for step in range(steps):
+        if before_step is not None:
+            before_step(step)
         # The batch is drawn inside step_loss before anything else uses the RNGs, as each
         # pretrainer's own loop did, so a seed still gives bitwise the same weights.
         loss = step_loss(step)

@@ -11,9 +11,11 @@ from pathlib import Path
 from crystalvlm.worlds.base import World, WorldContext
 
 QUICKSTART_TASKS = ("pope_random", "pope_popular", "pope_adversarial", "mme")
-# POPE and MME want a yes/no answer (two tokens here); the official budget of 128 tokens only lets an
-# untrained model ramble, which on a CPU costs minutes and changes no score (scoring reads the start).
-QUICKSTART_MAX_NEW_TOKENS = 16
+# POPE and MME want a yes/no answer (two tokens here: the word and the end marker); the official budget
+# of 128 tokens only lets an untrained model ramble, which on a CPU costs minutes and changes no score
+# (scoring reads the start). At 16 the untrained model's evaluation still spent most of its time writing
+# tokens nobody reads; every answer of the trained model is one word, well inside 6.
+QUICKSTART_MAX_NEW_TOKENS = 6
 
 
 def build_quickstart_tasks(world: Path, limit_per_task: int | None = None,
@@ -34,10 +36,12 @@ def build_quickstart_tasks(world: Path, limit_per_task: int | None = None,
 class ShapesWorld(World):
     name = "shapes"
     recipe = "tiny"
-    # A reduced run for tests: same steps, small sizes.
+    # A reduced run for tests: same steps, small sizes; the parts pretrain one after the other, since
+    # starting two processes for 6 steps each costs more than it saves (tests/core/test_parallel_parts.py
+    # covers the side-by-side path).
     smoke_overrides = (
         "prepare.n_train=120", "prepare.n_eval=12", "prepare.clip_steps=6", "prepare.lm_steps=6",
-        "stages.align.max_steps=3", "stages.finetune.max_steps=4",
+        "prepare.parallel_parts=false", "stages.align.max_steps=3", "stages.finetune.max_steps=4",
     )
     pretrained_parts = ("clip", "lm")
 
