@@ -6,8 +6,10 @@ token ids, finish reasons and streamed pieces, from the random `engine` and the 
 (tests/infer/conftest.py) over `mixed_requests`, with and without prefix sharing.
 
 Floating-point sums differ between torch builds, so the comparison runs only under the torch and
-transformers versions that recorded the file (written in it); under others it is skipped. To record
-anew (after a deliberate change of outputs): CRYSTALVLM_RECORD_GOLDEN=1 pytest tests/infer/test_decoding_golden.py
+transformers versions listed in the file (`versions`: each pair under which these very cases were
+obtained); under others it is skipped. To record anew (after a deliberate change of outputs):
+CRYSTALVLM_RECORD_GOLDEN=1 pytest tests/infer/test_decoding_golden.py. To add a version pair: record
+under it into a copy, and list the pair only if its cases equal the file's.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def golden() -> dict:
     if RECORDING or not GOLDEN.exists():
         return {}
     recorded = json.loads(GOLDEN.read_text())
-    if recorded["versions"] != versions():
+    if versions() not in recorded["versions"]:
         pytest.skip(f"recorded under {recorded['versions']}, running {versions()}: float sums may differ")
     return recorded["cases"]
 
@@ -92,7 +94,7 @@ def recorder():
     yield cases
     if RECORDING:
         GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps({"versions": versions(), "cases": cases}, indent=1, ensure_ascii=False) + "\n")
+        GOLDEN.write_text(json.dumps({"versions": [versions()], "cases": cases}, indent=1, ensure_ascii=False) + "\n")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_name)
