@@ -125,6 +125,13 @@ class ModelRunner:
         self._capture_hook = None
 
     # ------------------------------------------------------------------ forward passes
+    def _image_inputs(self, pixel_values: torch.Tensor | None, image_sizes: torch.Tensor | None) -> dict:
+        """The forward's image arguments on the model's device: pixel_values in its dtype (None for a
+        text-only batch), and image_sizes for an anyres (LlavaNext) model only."""
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
+        return {"pixel_values": pixel_values, **image_size_inputs(image_sizes, self.device)}
+
     @torch.no_grad()
     def prefill(self, batch: PromptBatch) -> torch.Tensor:
         if batch.packed_prefill is not None:
@@ -134,13 +141,9 @@ class ModelRunner:
         input_ids = batch.input_ids.to(self.device)
         attention_mask = batch.attention_mask.to(self.device)
         positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        pixel_values = batch.pixel_values
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
         output = self.model(
             input_ids=input_ids,
-            pixel_values=pixel_values,
-            **image_size_inputs(batch.image_sizes, self.device),
+            **self._image_inputs(batch.pixel_values, batch.image_sizes),
             attention_mask=attention_mask,
             position_ids=positions,
             use_cache=True,
@@ -165,13 +168,9 @@ class ModelRunner:
                 rows = torch.as_tensor(step.parent_rows, dtype=torch.long, device=self.device)
                 self.cache.reorder_cache(rows)
                 attention_mask = torch.cat([self.attention_mask.index_select(0, rows), step_mask], dim=1)
-            pixel_values = step.pixel_values
-            if pixel_values is not None:
-                pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
             output = self.model(
                 input_ids=step.input_ids.to(self.device),
-                pixel_values=pixel_values,
-                **image_size_inputs(step.image_sizes, self.device),
+                **self._image_inputs(step.pixel_values, step.image_sizes),
                 attention_mask=attention_mask,
                 position_ids=step.position_ids.to(self.device),
                 **{self.cache_keyword: self.cache},
@@ -198,13 +197,9 @@ class ModelRunner:
             # Eager attention adds its mask to the scores: 0 where visible, the dtype's minimum elsewhere.
             visible = torch.zeros(visible.shape, dtype=self.model.dtype, device=self.device).masked_fill(
                 ~visible, torch.finfo(self.model.dtype).min)
-        pixel_values = packed.pixel_values
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.device, dtype=self.model.dtype)
         output = self.model(
             input_ids=packed.input_ids.to(self.device),
-            pixel_values=pixel_values,
-            **image_size_inputs(packed.image_sizes, self.device),
+            **self._image_inputs(packed.pixel_values, packed.image_sizes),
             attention_mask=visible,  # a 4D mask is taken as given (transformers' masking_utils)
             position_ids=packed.position_ids.to(self.device),
             use_cache=True,
