@@ -26,6 +26,7 @@ renamed over it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -155,8 +156,11 @@ def lmms_eval_sample_lines(task: Task, answers: dict[str, str], generation_kwarg
     return lines
 
 
+@functools.cache
 def _git_hash() -> str | None:
-    """The commit of the crystalvlm source tree, when it is a git checkout (lmms-eval records its own)."""
+    """The commit of the crystalvlm source tree, when it is a git checkout (lmms-eval records its own).
+    Asked once per process: the code running is the code imported at its start, and a `git` process
+    per evaluation costs more than a small evaluation's scoring."""
     try:
         completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
                                    capture_output=True, text=True, timeout=10)

@@ -42,7 +42,8 @@ from crystalvlm.infer.decoding.registry import build_strategy
 from crystalvlm.infer.decoding.strategy import DecodingContext, DecodingStrategy
 from crystalvlm.infer.prompts import ImageMemo, PreparedPrompt, PromptBuilder, RequestError, collate
 from crystalvlm.infer.runner import ModelRunner
-from crystalvlm.infer.shared_prefix import PACK_UP_TO, pack_shared_prefill, plan_shared_prefill, prompt_keys, sharing_key
+from crystalvlm.infer.shared_prefix import (PACK_UP_TO, PromptKeys, pack_shared_prefill, plan_shared_prefill, prompt_keys,
+                                            sharing_key)
 from crystalvlm.infer.text_stream import AnswerText, StopRule
 
 __all__ = ["DecodingConfig", "GenerationEngine", "GenerationRequest", "GenerationResult", "RequestError"]
@@ -168,13 +169,15 @@ class GenerationEngine:
         ]
         group_size = 1 if strategy.one_request_at_a_time else self.batch_size
         sharing = self.share_prefixes and strategy.shares_prefixes and group_size > 1
-        order = self._batch_order(prepared) if sharing else sorted(range(len(requests)), key=lambda i: -prepared[i].length)
+        keys = [prompt_keys(prompt, self.image_token_id) for prompt in prepared] if sharing else None
+        order = self._batch_order(prepared, keys) if keys is not None else sorted(range(len(requests)), key=lambda i: -prepared[i].length)
         results: list[GenerationResult | None] = [None] * len(requests)
         bar = _progress_bar(len(requests), config.strategy) if progress else None
         with self._lock, torch.no_grad():
             for start in range(0, len(order), group_size):
                 group = order[start : start + group_size]
-                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], strategy, sharing)
+                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], strategy, sharing,
+                                          [keys[i] for i in group] if keys is not None else None)
                 for index, answer in zip(group, answers):
                     results[index] = GenerationResult(answer.visible_text, answer.token_ids, answer.finish_reason, prepared[index].length)
                 if bar is not None:
@@ -212,28 +215,32 @@ class GenerationEngine:
             cancel.set()
             worker.join()
 
-    def _batch_order(self, prepared: list[PreparedPrompt]) -> list[int]:
+    def _batch_order(self, prepared: list[PreparedPrompt], keys: list[PromptKeys] | None = None) -> list[int]:
         """Request indices in batch order: requests that can share a prefix covering their images stay
-        next to each other (so they land in one batch), groups longest first, longest first within."""
+        next to each other (so they land in one batch), groups longest first, longest first within.
+        `keys`: the prompts' `prompt_keys`, when computed already."""
+        keys = keys if keys is not None else [prompt_keys(prompt, self.image_token_id) for prompt in prepared]
         groups: dict[tuple, list[int]] = {}
-        for index, prompt in enumerate(prepared):
-            groups.setdefault(sharing_key(prompt_keys(prompt, self.image_token_id)), []).append(index)
+        for index, prompt_key in enumerate(keys):
+            groups.setdefault(sharing_key(prompt_key), []).append(index)
         ordered = sorted(groups.values(), key=lambda members: -max(prepared[i].length for i in members))
         return [index for members in ordered for index in sorted(members, key=lambda i: -prepared[i].length)]
 
     # ------------------------------------------------------------------ one batch
     def _run_group(self, prompts: list[PreparedPrompt], controls: list[RowControl], strategy: DecodingStrategy,
-                   share_prefixes: bool = False) -> list[AnswerText]:
+                   share_prefixes: bool = False, keys: list[PromptKeys] | None = None) -> list[AnswerText]:
+        """`keys`: the prompts' `prompt_keys` (prefix sharing), when computed already."""
         batch = collate(prompts, self.pad_token_id)
         runner = ModelRunner(self.model)
         if share_prefixes:
+            keys = keys if keys is not None else [prompt_keys(prompt, self.image_token_id) for prompt in prompts]
             # Two forwards while the packed prefixes are short (small prompts: the forwards' fixed cost
             # dominates), else up to three (long prefixes: the packed row's P x P attention would cost more).
             if self.pack_up_to and runner.can_pack:
                 batch.packed_prefill = pack_shared_prefill(prompts, self.image_token_id, self.pad_token_id,
-                                                           pack_up_to=self.pack_up_to)
+                                                           pack_up_to=self.pack_up_to, keys=keys)
             if batch.packed_prefill is None:
-                batch.prefill_steps = plan_shared_prefill(prompts, self.image_token_id, self.pad_token_id)
+                batch.prefill_steps = plan_shared_prefill(prompts, self.image_token_id, self.pad_token_id, keys=keys)
         context = DecodingContext(runner, self.tokenizer, self.image_token_id, len(self.stop_rule.eos_ids))
         return strategy.decode(context, batch, controls)
 

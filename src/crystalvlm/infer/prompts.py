@@ -120,11 +120,24 @@ class PromptBuilder:
 
     def ids_of_many(self, conversations: list[list[Turn]], image_sizes: list[list[tuple[int, int]]]) -> list[list[int]] | None:
         """The input_ids of many prompts in one tokenizer call; None when one of them cannot be encoded
-        (then `build` each alone, which names the one that fails)."""
+        (then `build` each alone, which names the one that fails).
+
+        Equal prompts (an evaluation asks one question about many images) are tokenised once: the
+        tokenizer's time grows with the texts it is given, and equal texts give equal ids."""
+        first_of: dict[tuple, int] = {}  # prompt (turns and image sizes) -> index in `unique`
+        unique: list[int] = []
+        slots = []
+        for index, (turns, sizes) in enumerate(zip(conversations, image_sizes)):
+            key = (tuple((turn.role, turn.text) for turn in turns), tuple(sizes))
+            if key not in first_of:
+                first_of[key] = len(unique)
+                unique.append(index)
+            slots.append(first_of[key])
         try:
-            return self.encoder.prompt_ids_many(conversations, image_sizes)
+            encoded = self.encoder.prompt_ids_many([conversations[i] for i in unique], [image_sizes[i] for i in unique])
         except ConversationError:
             return None
+        return [list(encoded[slot]) for slot in slots]  # own lists: a caller may extend one prompt's ids
 
 
 def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_length: int | None = None,
@@ -148,11 +161,11 @@ def checkpoint_encoder(model: str | Path, template: str | None = None, *, max_le
 def collate(prompts: list[PreparedPrompt], pad_token_id: int) -> PromptBatch:
     """Left-pad to the longest prompt; images concatenated in row order."""
     longest = max(prompt.length for prompt in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, longest - prompt.length :] = torch.tensor(prompt.input_ids, dtype=torch.long)
-        attention_mask[row, longest - prompt.length :] = 1
+    # Padded as lists, then one tensor each (a tensor write per row costs more than the row).
+    input_ids = torch.tensor([[pad_token_id] * (longest - prompt.length) + list(prompt.input_ids) for prompt in prompts],
+                             dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (longest - prompt.length) + [1] * prompt.length for prompt in prompts],
+                                  dtype=torch.long)
     pixels = [prompt.pixel_values for prompt in prompts if prompt.pixel_values is not None]
     sizes = [prompt.image_sizes for prompt in prompts if prompt.image_sizes is not None]
     return PromptBatch(

@@ -22,7 +22,7 @@ import copy
 import functools
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -161,8 +161,11 @@ class ModelRunner:
             self.cache, self.attention_mask = None, None
         for step in steps:
             step_mask = step.attention_mask.to(self.device)
-            if step.parent_rows is None:
+            if step.parent_rows is None and self.cache is None:
                 attention_mask = step_mask
+            elif step.parent_rows is None:
+                # Continuing a cache whose rows are already this step's rows (a packed prefill gathered them).
+                attention_mask = torch.cat([self.attention_mask, step_mask], dim=1)
             else:
                 # Repeat the cache rows of shared prefixes to this step's rows: (R_prev, ...) -> (R_s, ...).
                 rows = torch.as_tensor(step.parent_rows, dtype=torch.long, device=self.device)
@@ -206,14 +209,20 @@ class ModelRunner:
             logits_to_keep=1,  # unused: the own-tokens step gives the logits
         )
         cache = getattr(output, self.cache_keyword)
-        # The row's keys and values, (1, H, P, D), become one row per group, (G, H, T, D).
-        index = packed.gather.to(self.device)
+        # The row's keys and values, (1, H, P, D), become the own-tokens step's rows, (R, H, T, D): each
+        # row gathers its group's chain directly (one copy, instead of one row per group repeated after).
+        index, attention_mask, then = packed.gather, packed.attention_mask, packed.then
+        if then.parent_rows is not None:
+            rows = torch.as_tensor(then.parent_rows, dtype=torch.long)
+            index, attention_mask = index.index_select(0, rows), attention_mask.index_select(0, rows)
+            then = replace(then, parent_rows=None)
+        index = index.to(self.device)
         for layer in cache.layers:
             layer.keys = _gather_rows(layer.keys, index)
             layer.values = _gather_rows(layer.values, index)
         self.cache = cache
-        self.attention_mask = packed.attention_mask.to(self.device)
-        return self._prefill_in_steps([packed.then], continuing=True)
+        self.attention_mask = attention_mask.to(self.device)
+        return self._prefill_in_steps([then], continuing=True)
 
     @torch.no_grad()
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:

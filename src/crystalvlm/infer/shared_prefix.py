@@ -175,35 +175,36 @@ def _simplify(levels: list[list[_Row]]) -> list[list[_Row]]:
 
 def _step(level: list[_Row], prompts: list[PreparedPrompt], keys: list[PromptKeys], pad_token_id: int) -> PrefillStep:
     width = max(row.end - row.start for row in level)
-    input_ids = torch.full((len(level), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(level), width), dtype=torch.long)
-    position_ids = torch.ones((len(level), width), dtype=torch.long)
+    # Rows built as lists and made tensors in one call each (a tensor write per row costs more than the row).
+    id_rows, mask_rows, position_rows = [], [], []
     images: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
-    for index, row in enumerate(level):
+    for row in level:
         count = row.end - row.start
-        if count:
-            prompt = prompts[row.prompt]
-            input_ids[index, width - count :] = torch.tensor(prompt.input_ids[row.start : row.end], dtype=torch.long)
-            attention_mask[index, width - count :] = 1
-            position_ids[index, width - count :] = torch.arange(row.start, row.end)
+        padding = width - count
+        prompt = prompts[row.prompt]
+        id_rows.append([pad_token_id] * padding + list(prompt.input_ids[row.start : row.end]))
+        mask_rows.append([0] * padding + [1] * count)
+        position_rows.append([1] * padding + list(range(row.start, row.end)))
         for image, (start, end) in enumerate(keys[row.prompt].image_spans):
             if row.start <= start and end <= row.end:  # a row holds whole images only (see _shared_split)
-                images.append(prompts[row.prompt].pixel_values[image : image + 1])  # type: ignore[index]
-                if prompts[row.prompt].image_sizes is not None:
-                    sizes.append(prompts[row.prompt].image_sizes[image : image + 1])  # type: ignore[index]
+                images.append(prompt.pixel_values[image : image + 1])  # type: ignore[index]
+                if prompt.image_sizes is not None:
+                    sizes.append(prompt.image_sizes[image : image + 1])  # type: ignore[index]
     parents = None if level[0].parent is None else [row.parent for row in level]
-    return PrefillStep(parents, input_ids, attention_mask, position_ids, stack_images(images) if images else None,  # type: ignore[arg-type]
+    return PrefillStep(parents, torch.tensor(id_rows, dtype=torch.long), torch.tensor(mask_rows, dtype=torch.long),
+                       torch.tensor(position_rows, dtype=torch.long), stack_images(images) if images else None,  # type: ignore[arg-type]
                        torch.cat(sizes) if sizes else None)
 
 
 def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,
-                        pays_below: float = PAYS_BELOW) -> list[PrefillStep] | None:
+                        pays_below: float = PAYS_BELOW, keys: list[PromptKeys] | None = None) -> list[PrefillStep] | None:
     """Prefill steps for `prompts` (in this order) sharing common prefixes; None when there is nothing to
-    share or the steps would compute more than `pays_below` of a plain prefill's positions."""
+    share or the steps would compute more than `pays_below` of a plain prefill's positions. `keys`: the
+    prompts' `prompt_keys`, when the caller has them already."""
     if len(prompts) < 2:
         return None
-    keys = [prompt_keys(prompt, image_token_id) for prompt in prompts]
+    keys = keys if keys is not None else [prompt_keys(prompt, image_token_id) for prompt in prompts]
     levels = _simplify(_levels(keys))
     if len(levels) < 2:
         return None
@@ -215,13 +216,15 @@ def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
 
 
 def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,
-                        pays_below: float = PAYS_BELOW, pack_up_to: int = PACK_UP_TO) -> PackedPrefill | None:
+                        pays_below: float = PAYS_BELOW, pack_up_to: int = PACK_UP_TO,
+                        keys: list[PromptKeys] | None = None) -> PackedPrefill | None:
     """The shared-prefix plan of `prompts` in two forwards instead of three (module docstring); None when
     there is nothing to share, sharing would not pay, the plan has fewer than three steps, or the
-    packed row would be longer than `pack_up_to`."""
+    packed row would be longer than `pack_up_to`. `keys`: the prompts' `prompt_keys`, when the caller
+    has them already."""
     if len(prompts) < 2:
         return None
-    keys = [prompt_keys(prompt, image_token_id) for prompt in prompts]
+    keys = keys if keys is not None else [prompt_keys(prompt, image_token_id) for prompt in prompts]
     levels = _simplify(_levels(keys))
     if len(levels) < 3:
         return None
@@ -239,11 +242,13 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
     parent_segment: list[int | None] = []
     images: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []  # anyres only: (1, 2) per image
+    segment_length: list[int] = []
     for depth, level in enumerate(prefix_levels):
         before = sum(len(earlier) for earlier in prefix_levels[:depth - 1]) if depth else 0
         for row in level:
             parent_segment.append(None if row.parent is None else before + row.parent)
             first_token.append(len(ids))
+            segment_length.append(row.end - row.start)
             segment_of_token += [len(parent_segment) - 1] * (row.end - row.start)
             ids += prompts[row.prompt].input_ids[row.start : row.end]
             positions += range(row.start, row.end)
@@ -269,16 +274,12 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
         chain: list[int] = []
         walk: int | None = segment
         while walk is not None:
-            length = segment_of_token.count(walk)
-            chain = list(range(first_token[walk], first_token[walk] + length)) + chain
+            chain = list(range(first_token[walk], first_token[walk] + segment_length[walk])) + chain
             walk = parent_segment[walk]
         chains.append(chain)
     width = max(len(chain) for chain in chains)
-    gather = torch.zeros((len(chains), width), dtype=torch.long)
-    attention_mask = torch.zeros((len(chains), width), dtype=torch.long)
-    for row, chain in enumerate(chains):
-        gather[row, width - len(chain) :] = torch.tensor(chain, dtype=torch.long)
-        attention_mask[row, width - len(chain) :] = 1
+    gather = torch.tensor([[0] * (width - len(chain)) + chain for chain in chains], dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (width - len(chain)) + [1] * len(chain) for chain in chains], dtype=torch.long)
     return PackedPrefill(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),

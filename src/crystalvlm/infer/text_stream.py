@@ -66,12 +66,13 @@ class AnswerText:
     _prefix_offset: int = 0
     _read_offset: int = 0
     _streamed: int = 0  # characters of `text` already handed out by `take_stream_piece`
-    _special_tokens: tuple[str, ...] = ()
+    _special_tokens: tuple[str, ...] | None = None  # None: read off the tokenizer (`answers_for` reads it once for many)
     _backend_decode: object = None  # the Rust tokenizer's decode, when it gives what `tokenizer.decode` gives
 
     def __post_init__(self) -> None:
-        self._special_tokens = special_token_strings(self.tokenizer)
-        self._backend_decode = _backend_decode(self.tokenizer)
+        if self._special_tokens is None:
+            self._special_tokens = special_token_strings(self.tokenizer)
+            self._backend_decode = _backend_decode(self.tokenizer)
 
     @property
     def visible_text(self) -> str:
@@ -145,6 +146,13 @@ def _backend_decode(tokenizer):
     if not isinstance(tokenizer, PreTrainedTokenizerFast) or type(tokenizer)._decode is not PreTrainedTokenizerFast._decode:
         return None
     return getattr(backend, "decode", None)
+
+
+def answers_for(tokenizer, rules: list[StopRule]) -> list[AnswerText]:
+    """A fresh answer per stop rule, the tokenizer's special tokens and decode read once for all of them
+    (per answer, that reading costs as much as a short answer's decoding)."""
+    special, backend = special_token_strings(tokenizer), _backend_decode(tokenizer)
+    return [AnswerText(tokenizer, rule, _special_tokens=special, _backend_decode=backend) for rule in rules]
 
 
 def special_token_strings(tokenizer) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import torch
 
 from crystalvlm.infer.runner import ModelRunner, PromptBatch
-from crystalvlm.infer.text_stream import AnswerText, StopRule
+from crystalvlm.infer.text_stream import AnswerText, StopRule, answers_for
 
 if TYPE_CHECKING:
     from crystalvlm.infer.decoding.config import DecodingConfig
@@ -155,6 +155,6 @@ def answer_token_by_token(
     max_new_tokens: int,
 ) -> list[AnswerText]:
     """`decode_token_by_token` into fresh answers, one per row, each ending by its row's stop rule."""
-    answers = [AnswerText(tokenizer, control.stop_rule) for control in controls]
+    answers = answers_for(tokenizer, [control.stop_rule for control in controls])
     decode_token_by_token(source, batch, answers, controls, choose, max_new_tokens)
     return answers
