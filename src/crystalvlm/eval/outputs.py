@@ -21,7 +21,9 @@ into the same OUT are removed once the new results file is in place.
 
 Why atomic: a kill (SIGKILL, out of memory, a pre-empted node) during a write must not leave a
 truncated results.json for a reader to trust; a file is written beside its final name, synced, then
-renamed over it.
+renamed over it. An evaluation's files are written as one batch (`write_all_atomically`): all staged,
+synced at the same time (the file system commits them together, where one sync after another waits
+for a disk flush each), then renamed in order.
 """
 
 from __future__ import annotations
@@ -71,6 +73,42 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
+def write_all_atomically(files: list[tuple[Path, str]]) -> None:
+    """Each of `files` (path, text) holds either its old content or all of its new text, and none is
+    renamed into place before all of them are on disk; they are renamed in the order given, so a reader
+    who finds the last one finds the others. The syncs run concurrently: one after another, each waits
+    for its own flush of the file system's journal, together they share one (a small evaluation's eight
+    files then cost one flush, not eight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    staged: list[tuple[Path, Path]] = []
+    handles = []
+    try:
+        for path, text in files:
+            path = Path(path)
+            staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            handle = open(staging, "w", encoding="utf-8")
+            handles.append(handle)
+            staged.append((staging, path))
+            handle.write(text)
+            handle.flush()
+        if len(handles) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(handles), 16), thread_name_prefix="crystalvlm-fsync") as pool:
+                list(pool.map(lambda handle: os.fsync(handle.fileno()), handles))
+        elif handles:
+            os.fsync(handles[0].fileno())
+        for handle in handles:
+            handle.close()
+        for staging, path in staged:
+            os.replace(staging, path)
+    except BaseException:
+        for handle in handles:
+            handle.close()
+        for staging, _ in staged:
+            staging.unlink(missing_ok=True)
+        raise
+
+
 def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -78,6 +116,11 @@ def jsonl(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- crystalvlm's layout
 def write_task_outputs(out_dir: Path, task: Task, answers: dict[str, str]) -> None:
     """OUT/samples_<task>.jsonl and OUT/answers_<task>.jsonl, in benchmark order."""
+    write_all_atomically(task_output_files(out_dir, task, answers))
+
+
+def task_output_files(out_dir: Path, task: Task, answers: dict[str, str]) -> list[tuple[Path, str]]:
+    """(path, text) of OUT/samples_<task>.jsonl and OUT/answers_<task>.jsonl, in benchmark order."""
     samples, llava_answers = [], []
     for index, sample in enumerate(task.samples()):
         text = answers[sample.sample_id]
@@ -87,8 +130,8 @@ def write_task_outputs(out_dir: Path, task: Task, answers: dict[str, str]) -> No
         llava_answers.append({"question_id": sample.sample_id, "prompt": sample.prompt, "text": text,
                               "model_id": "crystalvlm", "metadata": {}})
     # json.dumps' default ensure_ascii, as the runner always wrote these files.
-    write_atomically(out_dir / f"samples_{task.name}.jsonl", "".join(json.dumps(row) + "\n" for row in samples))
-    write_atomically(out_dir / f"answers_{task.name}.jsonl", "".join(json.dumps(row) + "\n" for row in llava_answers))
+    return [(out_dir / f"samples_{task.name}.jsonl", "".join(json.dumps(row) + "\n" for row in samples)),
+            (out_dir / f"answers_{task.name}.jsonl", "".join(json.dumps(row) + "\n" for row in llava_answers))]
 
 
 def write_results(out_dir: Path, results: dict[str, dict[str, float]], config: dict) -> Path:
@@ -224,19 +267,19 @@ def lmms_eval_results(tasks: list[Task], results: dict[str, dict[str, float]], t
 
 
 def write_lmms_eval_outputs(out_dir: Path, model_name: str, date_id: str, results_document: dict,
-                            sample_lines: dict[str, list[dict]]) -> Path:
+                            sample_lines: dict[str, list[dict]], write_first: list[tuple[Path, str]] = ()) -> Path:
     """Write the per-sample logs, then the results file (a reader that finds the results file finds its
-    samples too), then remove the files of earlier runs. Returns the results file."""
+    samples too), then remove the files of earlier runs. Returns the results file. `write_first`: other
+    files (path, text) written in the same batch, renamed before these (`write_all_atomically`)."""
     folder = lmms_eval_folder(out_dir, model_name)
     folder.mkdir(parents=True, exist_ok=True)
-    written = set()
+    files = list(write_first)
     for task_name, lines in sample_lines.items():
-        path = folder / f"{date_id}_samples_{task_name}.jsonl"
-        write_atomically(path, jsonl(lines))
-        written.add(path.name)
+        files.append((folder / f"{date_id}_samples_{task_name}.jsonl", jsonl(lines)))
     results_path = folder / f"{date_id}_results.json"
-    write_atomically(results_path, json.dumps(results_document, indent=2, ensure_ascii=False) + "\n")
-    written.add(results_path.name)
+    files.append((results_path, json.dumps(results_document, indent=2, ensure_ascii=False) + "\n"))
+    write_all_atomically(files)
+    written = {path.name for path, _ in files if path.parent == folder}
     for stale in folder.iterdir():
         if stale.is_file() and stale.name not in written and (
                 stale.name.endswith("_results.json") or re.search(r"_samples_.+\.jsonl$", stale.name)

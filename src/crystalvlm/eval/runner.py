@@ -169,7 +169,11 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
                      fingerprint: str, shard: Shard, progress: bool = True, chunk_size: int = CHUNK) -> dict[str, str]:
     """Answers for this rank's share of the task, reusing the cache; returns sample_id -> text.
 
-    Answers are appended to the cache (and fsynced) after every `chunk_size` samples."""
+    Answers are appended to the cache after every `chunk_size` samples (handed to the OS at once, so a
+    killed process loses at most the chunk it was generating) and synced to disk while the next chunk
+    generates (a sync waits for the disk, which the model need not wait for)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     if chunk_size < 1:
@@ -195,7 +199,8 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
     todo = _same_images_together(todo)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"eval {task.name}", disable=not progress,
                unit="sample")
-    with open(cache_path, "a") as cache:
+    with open(cache_path, "a") as cache, ThreadPoolExecutor(1, thread_name_prefix="crystalvlm-cache-sync") as syncer:
+        syncing = None  # the sync of the chunk before
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             opened: dict[Path, object] = {}
@@ -206,8 +211,12 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
                 answers[sample.sample_id] = text
                 cache.write(json.dumps({"key": key, "id": sample.sample_id, "text": text}) + "\n")
             cache.flush()
-            os.fsync(cache.fileno())
+            if syncing is not None:
+                syncing.result()  # raises what the sync raised
+            syncing = syncer.submit(os.fsync, cache.fileno())
             bar.update(len(chunk))
+        if syncing is not None:
+            syncing.result()
     bar.close()
     return answers
 
@@ -287,6 +296,7 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
         _clear_previous_results(out_dir)
     results = EvalResults()
     merged: dict[str, dict[str, str]] = {}
+    task_files: list[tuple[Path, str]] = []  # written with lmms-eval's files, in one batch (outputs.write_all_atomically)
     for task in tasks:
         # The budget is part of the fingerprint: answers cut at 16 tokens are not reused for a 128-token run.
         fingerprint = settings_fingerprint(model_id, task_decoding(decoding, task), model_revision)
@@ -300,13 +310,14 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
         results[task.name] = scored.metrics
         results.details[task.name] = scored.per_sample
         merged[task.name] = answers
-        write_task_outputs(out_dir, task, answers)
+        task_files += outputs.task_output_files(out_dir, task, answers)
     if shard.rank != 0:
         return results
     config = {"model": model_id, "model_revision": model_revision, "decoding": asdict(decoding), "scoring": scoring,
               "tasks": [t.name for t in tasks], "samples": {t.name: len(t.samples()) for t in tasks},
               "max_new_tokens": {t.name: t.max_new_tokens for t in tasks}, **(settings or {})}
-    _write_lmms_eval(out_dir, tasks, results, merged, decoding, model_id, model_name, scoring, settings or {}, started)
+    _write_lmms_eval(out_dir, tasks, results, merged, decoding, model_id, model_name, scoring, settings or {}, started,
+                     write_first=task_files)
     # Last: results.json present means every file above belongs to it.
     outputs.write_results(out_dir, results, config)
     return results
@@ -314,7 +325,8 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
 
 def _write_lmms_eval(out_dir: Path, tasks: list[Task], results: dict[str, dict[str, float]],
                      answers: dict[str, dict[str, str]], decoding: DecodingConfig, model_id: str,
-                     model_name: str | None, scoring: str, settings: dict, started: float) -> None:
+                     model_name: str | None, scoring: str, settings: dict, started: float,
+                     write_first: list[tuple[Path, str]] = ()) -> None:
     from crystalvlm import __version__
 
     name = model_name or Path(model_id).name or model_id
@@ -328,4 +340,4 @@ def _write_lmms_eval(out_dir: Path, tasks: list[Task], results: dict[str, dict[s
               "scoring": scoring}
     document = outputs.lmms_eval_results(tasks, results, generation, lines, config, name, __version__,
                                          started, time.time())
-    outputs.write_lmms_eval_outputs(out_dir, name, outputs.lmms_eval_date_id(started), document, lines)
+    outputs.write_lmms_eval_outputs(out_dir, name, outputs.lmms_eval_date_id(started), document, lines, write_first)
