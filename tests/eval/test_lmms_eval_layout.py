@@ -117,3 +117,36 @@ def test_an_atomic_write_leaves_the_old_file_when_it_fails(tmp_path, monkeypatch
     with pytest.raises(OSError):
         write_atomically(path, "new")
     assert path.read_text() == "old"
+
+
+def test_a_batch_of_atomic_writes_is_renamed_in_order_once_all_are_written(tmp_path, monkeypatch):
+    from crystalvlm.eval.outputs import write_all_atomically
+
+    files = [(tmp_path / f"part{index}.jsonl", f"text {index}\n") for index in range(3)] + [(tmp_path / "results.json", "{}")]
+    renamed = []
+    real_replace = __import__("os").replace
+
+    def recording_replace(source, target):
+        # Every file of the batch is complete in its staging file before the first rename.
+        assert all(path.exists() or path.with_name(f".{path.name}.tmp-{__import__('os').getpid()}").read_text() == text
+                   for path, text in files)
+        renamed.append(Path(target).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr("os.replace", recording_replace)
+    write_all_atomically(files)
+    assert renamed == [path.name for path, _ in files]  # results.json last
+    assert [path.read_text() for path, _ in files] == [text for _, text in files]
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_a_failed_batch_of_atomic_writes_replaces_no_file(tmp_path):
+    from crystalvlm.eval.outputs import write_all_atomically
+
+    kept = tmp_path / "samples.jsonl"
+    kept.write_text("old")
+    with pytest.raises(OSError):
+        # The second file's folder does not exist: its staging file cannot be written.
+        write_all_atomically([(kept, "new"), (tmp_path / "missing" / "results.json", "{}")])
+    assert kept.read_text() == "old"
+    assert not list(tmp_path.glob(".*.tmp-*"))

@@ -258,3 +258,20 @@ def test_generation_uses_no_deprecated_cache_name(engine, mixed_requests, monkey
         for decoding in ("greedy", "sample:seed=1", "beam:num_beams=2", "opera:num_beams=2", "vcd"):
             results = engine.generate(mixed_requests, DecodingConfig.parse(decoding, max_new_tokens=3))
             assert all(result.token_ids for result in results)
+
+
+def test_equal_prompts_are_tokenised_once_and_get_their_own_ids(engine, monkeypatch):
+    prompts = engine.prompts
+    conversations = [[Turn("user", "<image>\nIs there a circle?")], [Turn("user", "<image>\nIs there a star?")],
+                     [Turn("user", "<image>\nIs there a circle?")]]
+    sizes = [[(32, 32)]] * 3
+    alone = [prompts.encoder.prompt_ids(turns, size) for turns, size in zip(conversations, sizes)]
+    seen = []
+    real = type(prompts.encoder).prompt_ids_many
+    monkeypatch.setattr(type(prompts.encoder), "prompt_ids_many",
+                        lambda encoder, many, many_sizes: seen.append(len(many)) or real(encoder, many, many_sizes))
+    ids = prompts.ids_of_many(conversations, sizes)
+    assert seen == [2]  # the repeated question once
+    assert ids == alone
+    ids[0].append(7)  # a caller extending one prompt (an answer prefix) leaves its twin alone
+    assert ids[2] == alone[2]
