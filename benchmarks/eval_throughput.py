@@ -85,10 +85,11 @@ def build_tiny_checkpoint(world: Path, folder: Path) -> Path:
 
 
 def benchmark_tasks(world: Path, samples_per_task: int, max_new_tokens: int):
+    """POPE (random split) and MME of the world, the first `samples_per_task` of each (0: all)."""
     from crystalvlm.eval.task_selection import build_tasks, first_samples, locate_benchmarks
 
     tasks = build_tasks(["pope_random", "mme"], locate_benchmarks(world), max_new_tokens=max_new_tokens)
-    return [first_samples(task, samples_per_task) for task in tasks]
+    return [first_samples(task, samples_per_task) if samples_per_task else task for task in tasks]
 
 
 def llava_style_answers(model, processor, samples, max_new_tokens: int) -> list[str]:
@@ -187,6 +188,7 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
     engine_answers(shared, warm[0].samples(), max_new_tokens)
 
     best = {path: [float("inf"), float("inf"), 0] for path in PATHS}  # [wall s, cpu s, samples] of the best repeat
+    passes: list[dict[str, list]] = []  # every repeat's [wall s, cpu s, samples] per path
     load_per_round = []
     for repeat in range(repeats):
         totals = {path: [0.0, 0.0, 0] for path in PATHS}
@@ -221,7 +223,15 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
             baseline_positions += [offset + i for i in picked]
         for path in PATHS:  # each path's fastest repeat: a load spike of the shared machine falls on one repeat
             best[path] = [min(best[path][0], totals[path][0]), min(best[path][1], totals[path][1]), totals[path][2]]
+        passes.append(totals)
     totals = best
+
+    def median_pass_ratio(path: str, over: str, column: int) -> float:
+        """The median over repeats of the ratio within one repeat (both paths measured seconds apart at
+        most, under the same load), samples/s of `path` over `over`."""
+        ratios = sorted((one[path][2] / one[path][column]) / (one[over][2] / one[over][column]) for one in passes)
+        middle = len(ratios) // 2
+        return round(ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2, 2)
 
     def figures(wall: float, cpu: float, count: int) -> dict:
         return {"samples": count, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -244,6 +254,11 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
         # The headline: the same batch size on both sides, HF generate with left padding.
         "speedup_wall_over_batched_hf_generate": ratio("batched", "batched_hf_generate", "samples_per_s"),
         "speedup_cpu_over_batched_hf_generate": ratio("batched", "batched_hf_generate", "samples_per_cpu_s"),
+        # The same ratios taken within each repeat, their median over the repeats.
+        "speedup_wall_over_batched_hf_generate_median_pass": median_pass_ratio("batched", "batched_hf_generate", 0),
+        "speedup_cpu_over_batched_hf_generate_median_pass": median_pass_ratio("batched", "batched_hf_generate", 1),
+        "engine_only_speedup_wall_over_batched_hf_generate_median_pass":
+            median_pass_ratio("engine_only", "batched_hf_generate", 0),
         "speedup_wall_over_batched_hf_generate_no_prefix_sharing":
             ratio("batched_no_prefix_sharing", "batched_hf_generate", "samples_per_s"),
         # The engine alone (no cache file, scoring or result files) against the same bare HF generate.
@@ -294,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
 
     default_threads = torch.get_num_threads()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples-per-task", type=int, default=96,
-                        help="POPE samples (and MME samples, of which the world has 56)")
+    parser.add_argument("--samples-per-task", type=int, default=0,
+                        help="the first N samples of POPE and of MME; 0: all of them (with --eval-images 60: "
+                             "360 POPE and 168 MME questions; with 20: 120 and 56)")
+    parser.add_argument("--eval-images", type=int, default=60,
+                        help="held-out images of the shapes world (6 POPE questions each; MME gets one image per 5, "
+                             "2 questions each, in each of its 7 subtasks). The first setting measured was "
+                             "--eval-images 20 --samples-per-task 96 (152 questions)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", default="2,16", help="answer lengths to measure, comma-separated")
     parser.add_argument("--threads", default="1",
@@ -309,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     threads = default_threads if args.threads == "default" else int(args.threads)
-    if threads < 1 or args.baseline_every < 1 or args.rounds < 1 or args.repeats < 1:
-        parser.error("--threads, --rounds, --repeats and --baseline-every must be at least 1")
+    if threads < 1 or args.baseline_every < 1 or args.rounds < 1 or args.repeats < 1 or args.eval_images < 1:
+        parser.error("--threads, --rounds, --repeats, --baseline-every and --eval-images must be at least 1")
+    if args.samples_per_task < 0:
+        parser.error("--samples-per-task must be at least 0 (0: all)")
     torch.set_num_threads(threads)
     budgets = [int(part) for part in args.max_new_tokens.split(",")]
     load_before = os.getloadavg()
@@ -318,14 +340,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="eval_throughput_") as tmp:
         work = Path(tmp)
-        # 20 held-out images: 120 POPE questions per split, 4 images x 2 questions per MME subtask.
+        # --eval-images held-out images: 6 POPE questions each per split, ceil(N / 5) images x 2 questions
+        # per MME subtask (20: 120 and 56; 60: 360 and 168).
         image_size = int(read_recipe("tiny")["prepare"]["image_size"])
-        write_shapes_world(work / "world", n_train=64, n_eval=20, seed=0, image_size=image_size, progress=False)
+        write_shapes_world(work / "world", n_train=64, n_eval=args.eval_images, seed=0, image_size=image_size,
+                           progress=False)
         checkpoint = build_tiny_checkpoint(work / "world", work / "model")
         runs = [measure(work / "world", checkpoint, work, args.samples_per_task, args.batch_size, budget,
                         args.rounds, args.baseline_every, args.repeats) for budget in budgets]
 
+    # One entry per thread count and setting: the first setting (20 images, 96 samples per task) keeps its
+    # plain key, so earlier entries stay comparable.
     key = f"threads_{threads}"
+    if (args.eval_images, args.samples_per_task) != (20, 96):
+        key += f"_images_{args.eval_images}_samples_{args.samples_per_task or 'all'}"
     measurements = read_measurements(args.out)
     measurements[key] = {
         "torch_threads": threads,
@@ -333,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         "measured_at": started,
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
-        "settings": {"samples_per_task": args.samples_per_task, "batch_size": args.batch_size, "rounds": args.rounds,
+        "settings": {"eval_images": args.eval_images, "samples_per_task": args.samples_per_task or "all",
+                     "batch_size": args.batch_size, "rounds": args.rounds,
                      "repeats": args.repeats,
                      "baseline_every": args.baseline_every},
         "runs": runs,
@@ -342,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "eval_throughput",
         "what": "samples/s of crystalvlm's batched evaluation runner (with and without prefix sharing) vs a "
                 "batch-1 HF model.generate loop (LLaVA-1.5 model_vqa_loader style), same samples, greedy, same "
-                "process; one entry per torch thread count",
+                "process; one entry per torch thread count and setting (world size, samples per task)",
         "device": "cpu",
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
@@ -363,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
           f"transformers {transformers.__version__}")
     for name, entry in report["measurements"].items():
         note = "this run" if name == key else f"earlier run, {entry['measured_at']}"
-        print(f"torch threads {entry['torch_threads']} ({entry['threads_setting']}; {note}; "
+        setting = entry["settings"]
+        print(f"{name}: {setting.get('eval_images', 20)} held-out images, {setting['samples_per_task']} samples per task; "
+              f"torch threads {entry['torch_threads']} ({entry['threads_setting']}; {note}; "
               f"load average {entry['load_average_before'][0]} -> {entry['load_average_after'][0]}):")
         for run in entry["runs"]:
             if "speedup_wall_over_batched_hf_generate" not in run:
@@ -375,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"batched HF generate {run['batched_hf_generate']['samples_per_s']:.2f}/s, "
                   f"batch-1 HF generate {run['batch1_hf_generate']['samples_per_s']:.2f}/s "
                   f"({run['batch1_hf_generate']['samples']} samples)")
+            if "speedup_wall_over_batched_hf_generate_median_pass" in run:
+                print(f"    median of the per-pass ratios: {run['speedup_wall_over_batched_hf_generate_median_pass']:.2f}x "
+                      f"(per CPU second {run['speedup_cpu_over_batched_hf_generate_median_pass']:.2f}x; the engine "
+                      f"alone {run['engine_only_speedup_wall_over_batched_hf_generate_median_pass']:.2f}x)")
             print(f"    ratio over batched HF generate {run['speedup_wall_over_batched_hf_generate']:.2f}x "
                   f"(per CPU second {run['speedup_cpu_over_batched_hf_generate']:.2f}x; without prefix sharing "
                   f"{run['speedup_wall_over_batched_hf_generate_no_prefix_sharing']:.2f}x; the engine alone "
