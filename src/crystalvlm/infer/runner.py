@@ -314,8 +314,10 @@ class ModelRunner:
 
 
 def _gather_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(1, H, P, D) keys or values of one packed row -> (G, H, T, D): row g holds positions index[g]."""
-    return states[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1).contiguous()
+    """(1, H, P, D) keys or values of one packed row -> (G, H, T, D): row g holds positions index[g].
+    A strided view, not made contiguous here: the next forward's cache update concatenates it with the
+    new tokens' states, and that copy lays it out (a copy here would be a second one)."""
+    return states[0].index_select(1, index.flatten()).unflatten(1, index.shape).transpose(0, 1)
 
 
 @dataclass

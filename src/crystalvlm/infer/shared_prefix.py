@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from crystalvlm.infer.prompts import PreparedPrompt, stack_images
+from crystalvlm.infer.prompts import PreparedPrompt, left_padded, left_padded_mask, stack_images
 from crystalvlm.infer.runner import PackedPrefill, PrefillStep
 
 # Use the plan only when it computes at most this fraction of the plain prefill's positions: each
@@ -175,26 +175,23 @@ def _simplify(levels: list[list[_Row]]) -> list[list[_Row]]:
 
 def _step(level: list[_Row], prompts: list[PreparedPrompt], keys: list[PromptKeys], pad_token_id: int) -> PrefillStep:
     width = max(row.end - row.start for row in level)
-    # Rows built as lists and made tensors in one call each (a tensor write per row costs more than the row).
-    id_rows, mask_rows, position_rows = [], [], []
+    id_rows, position_rows = [], []
     images: list[torch.Tensor] = []
     sizes: list[torch.Tensor] = []
     for row in level:
-        count = row.end - row.start
-        padding = width - count
         prompt = prompts[row.prompt]
-        id_rows.append([pad_token_id] * padding + list(prompt.input_ids[row.start : row.end]))
-        mask_rows.append([0] * padding + [1] * count)
-        position_rows.append([1] * padding + list(range(row.start, row.end)))
+        id_rows.append(prompt.input_ids[row.start : row.end])
+        position_rows.append(range(row.start, row.end))
         for image, (start, end) in enumerate(keys[row.prompt].image_spans):
             if row.start <= start and end <= row.end:  # a row holds whole images only (see _shared_split)
                 images.append(prompt.pixel_values[image : image + 1])  # type: ignore[index]
                 if prompt.image_sizes is not None:
                     sizes.append(prompt.image_sizes[image : image + 1])  # type: ignore[index]
     parents = None if level[0].parent is None else [row.parent for row in level]
-    return PrefillStep(parents, torch.tensor(id_rows, dtype=torch.long), torch.tensor(mask_rows, dtype=torch.long),
-                       torch.tensor(position_rows, dtype=torch.long), stack_images(images) if images else None,  # type: ignore[arg-type]
-                       torch.cat(sizes) if sizes else None)
+    return PrefillStep(parents, left_padded(id_rows, pad_token_id, width),
+                       left_padded_mask([len(row) for row in id_rows], width),
+                       left_padded(position_rows, 1, width),  # type: ignore[arg-type]
+                       stack_images(images) if images else None, torch.cat(sizes) if sizes else None)
 
 
 def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,
@@ -278,8 +275,8 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
             walk = parent_segment[walk]
         chains.append(chain)
     width = max(len(chain) for chain in chains)
-    gather = torch.tensor([[0] * (width - len(chain)) + chain for chain in chains], dtype=torch.long)
-    attention_mask = torch.tensor([[0] * (width - len(chain)) + [1] * len(chain) for chain in chains], dtype=torch.long)
+    gather = left_padded(chains, 0, width)
+    attention_mask = left_padded_mask([len(chain) for chain in chains], width)
     return PackedPrefill(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),
