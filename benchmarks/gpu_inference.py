@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_names import describe_device  # noqa: E402  (shared with train_throughput.py)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1024 ** 3
 
@@ -299,18 +302,6 @@ def measure_decode(engine, args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- main
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or platform.machine())
-
-
 def write_atomically(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")

@@ -64,7 +64,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -94,6 +93,9 @@ from crystalvlm.train.provenance import environment
 from crystalvlm.train.recipe import Recipe, StageConfig
 from crystalvlm.train.trainer import TrainOptions, train_recipe
 from crystalvlm.worlds.parts.tiny import tiny_llm_config, tiny_vision_config, train_tiny_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_names import describe_device  # noqa: E402  (shared with gpu_inference.py)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 ANSWER_TOKENS = (30, 60)  # write_synthetic_data's answers (finetune_7b_memory.py's data)
@@ -219,6 +221,16 @@ class SyntheticData:
     image_size: int
 
 
+def write_noise_images(image_folder: Path, count: int, image_size: int, seed: int) -> tuple[Path, int]:
+    """`count` random-noise PNGs of (image_size, image_size), named 0000.png...; the folder and the count."""
+    image_folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed)
+    for index in range(count):
+        noise = pixels.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)  # (S, S, 3)
+        Image.fromarray(noise).save(image_folder / f"{index:04d}.png", compress_level=1)
+    return image_folder, count
+
+
 def write_synthetic_data(shape: Shape, folder: Path, records: int, seed: int, distinct_images: int = 128) -> SyntheticData:
     """Tokenizer, records and noise images for `shape`; `records` LLaVA conversation records."""
     rng = random.Random(seed)
@@ -231,13 +243,7 @@ def write_synthetic_data(shape: Shape, folder: Path, records: int, seed: int, di
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
     image_size = int(shape.vision["image_size"])
-    image_folder = folder / "images"
-    image_folder.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed)
-    images = min(records, distinct_images)
-    for index in range(images):
-        noise = pixels.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)  # (S, S, 3)
-        Image.fromarray(noise).save(image_folder / f"{index:04d}.png", compress_level=1)
+    image_folder, images = write_noise_images(folder / "images", min(records, distinct_images), image_size, seed)
 
     rows = []
     for index in range(records):
@@ -295,13 +301,7 @@ def write_mixture_data(shape: Shape, folder: Path, records: int, seed: int, max_
         return language.sentence(rng, max(1, round(tokens / tokens_per_word)))
 
     image_size = int(shape.vision["image_size"])
-    image_folder = folder / "images"
-    image_folder.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed)
-    images = min(records, distinct_images)
-    for index in range(images):
-        noise = pixels.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)  # (S, S, 3)
-        Image.fromarray(noise).save(image_folder / f"{index:04d}.png", compress_level=1)
+    image_folder, images = write_noise_images(folder / "images", min(records, distinct_images), image_size, seed)
 
     budget = max_length - tokens_per_image - 64  # room for the template's system prompt and role words
     rows = []
@@ -812,18 +812,6 @@ def reset_between_runs(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------------- device and environment
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or platform.machine())
-
-
 def assumed_peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
     if override is not None:
         return override, "given with --peak-tflops"
