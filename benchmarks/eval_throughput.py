@@ -1,12 +1,16 @@
 """Evaluation throughput: crystalvlm's batched runner against batched HF `generate` (and a batch-1 loop), same process.
 
-    .venv/bin/python benchmarks/eval_throughput.py                    # 1 torch thread
+    .venv/bin/python benchmarks/eval_throughput.py --baseline-every 4   # 1 torch thread, 60 images, 528 questions
+    .venv/bin/python benchmarks/eval_throughput.py --eval-images 20 --samples-per-task 96   # the first setting, 152
     .venv/bin/python benchmarks/eval_throughput.py --threads default \
         --samples-per-task 32 --rounds 1 --baseline-every 4           # torch's default thread count
 
-Each run writes its figures under its thread count in benchmarks/results/eval_throughput.json and
-keeps the figures of other thread counts already there (each entry records its own settings, time
-and load averages).
+Each run writes its figures under its thread count and setting in benchmarks/results/eval_throughput.json
+and keeps the figures of other entries already there (each entry records its own settings, time and
+load averages). The default setting (60 held-out images: all 360 POPE random and 168 MME questions)
+replaced the first one (20 images, the first 96 questions of each task: 152), on which a 0.2 s pass
+weighed the evaluation's fixed costs (result files, scoring, syncs) as much as a tenth of its
+questions; the first setting's entry keeps its key (`threads_1`).
 
 All paths answer the same benchmark samples (POPE and MME of a small shapes world) greedily with the
 same model: the tiny recipe's sizes, read from `recipes/tiny.yaml` (now CLIP 48 px / patch 16 / 128
@@ -16,8 +20,9 @@ saved and loaded as an HF checkpoint.
 - batched: `crystalvlm.eval.runner.evaluate` with `--batch-size` (default 32): an image's questions
   side by side, each image opened and preprocessed once, batches with a KV cache, and prefix sharing:
   the system prompt, each image and the question stem are computed once per batch
-  (src/crystalvlm/infer/shared_prefix.py); answers cached to disk (fsynced) every chunk; scored;
-  result files written in crystalvlm's and lmms-eval's layouts.
+  (src/crystalvlm/infer/shared_prefix.py); answers cached to disk every chunk (synced while the next
+  chunk generates); scored; result files written in crystalvlm's and lmms-eval's layouts (synced
+  together, renamed in order).
 - engine_only: the same engine on the same requests without the runner's cache, scoring and files.
 - batched_no_prefix_sharing: the runner with `share_prefixes=False` (every prompt prefilled in full,
   left padded), as the runner was before prefix sharing.
@@ -30,7 +35,9 @@ saved and loaded as an HF checkpoint.
 
 Each of `--repeats` passes answers every sample on every path, the paths in a rotating order, and a
 path's figures are those of its fastest pass, so a load spike of a shared machine falls on single
-passes; the 1-minute load average is recorded at every slice. `--rounds` cuts a pass into slices
+passes; beside them, the median over the passes of the ratio taken within each pass (`..._median_pass`:
+both paths measured seconds apart, under the same load). The 1-minute load average is recorded at
+every slice. `--rounds` cuts a pass into slices
 (an image's questions stay in one slice) that the paths take in turn; the default 1 keeps every batch
 full (32 questions), as in a full evaluation, and pays the runner's fixed costs (result files,
 scoring) once per pass. The baseline runs batch 1, so its samples/s does not depend on how many
@@ -321,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1",
                         help=f"torch threads, or 'default' (torch's own choice here: {default_threads})")
     parser.add_argument("--rounds", type=int, default=1, help="alternating slices of the samples per pass")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=int, default=5,
                         help="passes over all the samples; each path's fastest pass counts (a shared machine's load "
-                             "spikes fall on single passes)")
+                             "spikes fall on single passes), and the median of the per-pass ratios is given beside")
     parser.add_argument("--baseline-every", type=int, default=1,
                         help="run the batch-1 baseline on every K-th sample only (its samples/s does not depend on K)")
     parser.add_argument("--out", type=Path, default=RESULTS)
