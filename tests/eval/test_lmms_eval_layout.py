@@ -134,8 +134,8 @@ def test_a_batch_of_atomic_writes_is_renamed_in_order_once_all_are_written(tmp_p
         real_replace(source, target)
 
     monkeypatch.setattr("os.replace", recording_replace)
-    write_all_atomically(files)
-    assert renamed == [path.name for path, _ in files]  # results.json last
+    write_all_atomically(files, before_last=lambda: renamed.append("before last"))
+    assert renamed == [path.name for path, _ in files[:-1]] + ["before last", "results.json"]
     assert [path.read_text() for path, _ in files] == [text for _, text in files]
     assert not list(tmp_path.glob(".*.tmp-*"))
 

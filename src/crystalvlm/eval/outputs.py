@@ -37,7 +37,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from crystalvlm.eval.tasks.base import Task
 
@@ -73,12 +73,16 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
-def write_all_atomically(files: list[tuple[Path, str]]) -> None:
+def write_all_atomically(files: list[tuple[Path, str]], before_last: Callable[[], None] | None = None,
+                         also_sync: list[Path] = ()) -> None:
     """Each of `files` (path, text) holds either its old content or all of its new text, and none is
     renamed into place before all of them are on disk; they are renamed in the order given, so a reader
-    who finds the last one finds the others. The syncs run concurrently: one after another, each waits
-    for its own flush of the file system's journal, together they share one (a small evaluation's eight
-    files then cost one flush, not eight)."""
+    who finds the last one finds the others. `before_last` runs just before the last rename (removing
+    files the last one must not be seen beside). `also_sync`: files already written that are synced in
+    the same round (an answer cache's last lines).
+
+    The syncs run concurrently: one after another, each waits for its own flush of the file system's
+    journal; together they share one (an evaluation's files then cost one flush, not one each)."""
     from concurrent.futures import ThreadPoolExecutor
 
     staged: list[tuple[Path, Path]] = []
@@ -92,14 +96,18 @@ def write_all_atomically(files: list[tuple[Path, str]]) -> None:
             staged.append((staging, path))
             handle.write(text)
             handle.flush()
-        if len(handles) > 1:
-            with ThreadPoolExecutor(max_workers=min(len(handles), 16), thread_name_prefix="crystalvlm-fsync") as pool:
-                list(pool.map(lambda handle: os.fsync(handle.fileno()), handles))
-        elif handles:
-            os.fsync(handles[0].fileno())
+        syncs = [functools.partial(os.fsync, handle.fileno()) for handle in handles]
+        syncs += [functools.partial(sync_file, path) for path in also_sync]
+        if len(syncs) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(syncs), 16), thread_name_prefix="crystalvlm-fsync") as pool:
+                list(pool.map(lambda sync: sync(), syncs))
+        elif syncs:
+            syncs[0]()
         for handle in handles:
             handle.close()
-        for staging, path in staged:
+        for index, (staging, path) in enumerate(staged):
+            if index == len(staged) - 1 and before_last is not None:
+                before_last()
             os.replace(staging, path)
     except BaseException:
         for handle in handles:
@@ -107,6 +115,15 @@ def write_all_atomically(files: list[tuple[Path, str]]) -> None:
         for staging, _ in staged:
             staging.unlink(missing_ok=True)
         raise
+
+
+def sync_file(path: Path) -> None:
+    """Put what was written to `path` on disk (a descriptor of its own: a sync covers every write to the file)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def jsonl(rows: list[dict]) -> str:
@@ -135,9 +152,14 @@ def task_output_files(out_dir: Path, task: Task, answers: dict[str, str]) -> lis
 
 
 def write_results(out_dir: Path, results: dict[str, dict[str, float]], config: dict) -> Path:
-    path = out_dir / "results.json"
-    write_atomically(path, json.dumps({"results": results, "config": config}, indent=2) + "\n")
+    path, text = results_file(out_dir, results, config)
+    write_atomically(path, text)
     return path
+
+
+def results_file(out_dir: Path, results: dict[str, dict[str, float]], config: dict) -> tuple[Path, str]:
+    """(path, text) of OUT/results.json."""
+    return out_dir / "results.json", json.dumps({"results": results, "config": config}, indent=2) + "\n"
 
 
 # ----------------------------------------------------------------------------- lmms-eval's layout
@@ -267,22 +289,30 @@ def lmms_eval_results(tasks: list[Task], results: dict[str, dict[str, float]], t
 
 
 def write_lmms_eval_outputs(out_dir: Path, model_name: str, date_id: str, results_document: dict,
-                            sample_lines: dict[str, list[dict]], write_first: list[tuple[Path, str]] = ()) -> Path:
+                            sample_lines: dict[str, list[dict]]) -> Path:
     """Write the per-sample logs, then the results file (a reader that finds the results file finds its
-    samples too), then remove the files of earlier runs. Returns the results file. `write_first`: other
-    files (path, text) written in the same batch, renamed before these (`write_all_atomically`)."""
+    samples too), then remove the files of earlier runs. Returns the results file."""
+    files = lmms_eval_output_files(out_dir, model_name, date_id, results_document, sample_lines)
+    write_all_atomically(files)
+    remove_earlier_lmms_eval_files(out_dir, model_name, {path.name for path, _ in files})
+    return files[-1][0]
+
+
+def lmms_eval_output_files(out_dir: Path, model_name: str, date_id: str, results_document: dict,
+                           sample_lines: dict[str, list[dict]]) -> list[tuple[Path, str]]:
+    """(path, text) of the per-sample logs, then of the results file; creates their folder."""
     folder = lmms_eval_folder(out_dir, model_name)
     folder.mkdir(parents=True, exist_ok=True)
-    files = list(write_first)
-    for task_name, lines in sample_lines.items():
-        files.append((folder / f"{date_id}_samples_{task_name}.jsonl", jsonl(lines)))
-    results_path = folder / f"{date_id}_results.json"
-    files.append((results_path, json.dumps(results_document, indent=2, ensure_ascii=False) + "\n"))
-    write_all_atomically(files)
-    written = {path.name for path, _ in files if path.parent == folder}
+    files = [(folder / f"{date_id}_samples_{task_name}.jsonl", jsonl(lines)) for task_name, lines in sample_lines.items()]
+    files.append((folder / f"{date_id}_results.json", json.dumps(results_document, indent=2, ensure_ascii=False) + "\n"))
+    return files
+
+
+def remove_earlier_lmms_eval_files(out_dir: Path, model_name: str, keep: set[str]) -> None:
+    """Remove the lmms-eval files of earlier runs (and their leftover staging files) but those named in `keep`."""
+    folder = lmms_eval_folder(out_dir, model_name)
     for stale in folder.iterdir():
-        if stale.is_file() and stale.name not in written and (
+        if stale.is_file() and stale.name not in keep and (
                 stale.name.endswith("_results.json") or re.search(r"_samples_.+\.jsonl$", stale.name)
                 or ".tmp-" in stale.name):
             stale.unlink()
-    return results_path

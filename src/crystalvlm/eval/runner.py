@@ -166,12 +166,15 @@ def settings_fingerprint(model_id: str, config: DecodingConfig, model_revision: 
 
 
 def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, decoding: DecodingConfig,
-                     fingerprint: str, shard: Shard, progress: bool = True, chunk_size: int = CHUNK) -> dict[str, str]:
+                     fingerprint: str, shard: Shard, progress: bool = True, chunk_size: int = CHUNK,
+                     sync_later: list[Path] | None = None) -> dict[str, str]:
     """Answers for this rank's share of the task, reusing the cache; returns sample_id -> text.
 
     Answers are appended to the cache after every `chunk_size` samples (handed to the OS at once, so a
     killed process loses at most the chunk it was generating) and synced to disk while the next chunk
-    generates (a sync waits for the disk, which the model need not wait for)."""
+    generates (a sync waits for the disk, which the model need not wait for). With `sync_later`, the
+    last chunk's sync is left to the caller: the cache file is appended to it (evaluate syncs it with
+    the result files, in one round)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
@@ -213,10 +216,13 @@ def generate_answers(engine: GenerationEngine, task: Task, cache_dir: Path, deco
             cache.flush()
             if syncing is not None:
                 syncing.result()  # raises what the sync raised
-            syncing = syncer.submit(os.fsync, cache.fileno())
+            last = start + chunk_size >= len(todo)
+            syncing = None if last and sync_later is not None else syncer.submit(os.fsync, cache.fileno())
             bar.update(len(chunk))
         if syncing is not None:
             syncing.result()
+    if todo and sync_later is not None:
+        sync_later.append(cache_path)
     bar.close()
     return answers
 
@@ -296,11 +302,14 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
         _clear_previous_results(out_dir)
     results = EvalResults()
     merged: dict[str, dict[str, str]] = {}
-    task_files: list[tuple[Path, str]] = []  # written with lmms-eval's files, in one batch (outputs.write_all_atomically)
+    task_files: list[tuple[Path, str]] = []  # written with the other result files, in one batch
+    # A single process syncs each answer cache's last lines with the result files (one round of syncs);
+    # ranks read each other's caches, so there each rank syncs its own before it reports done.
+    caches_to_sync: list[Path] | None = [] if shard.world == 1 else None
     for task in tasks:
         # The budget is part of the fingerprint: answers cut at 16 tokens are not reused for a 128-token run.
         fingerprint = settings_fingerprint(model_id, task_decoding(decoding, task), model_revision)
-        generate_answers(engine, task, cache_dir, decoding, fingerprint, shard, progress, chunk_size)
+        generate_answers(engine, task, cache_dir, decoding, fingerprint, shard, progress, chunk_size, caches_to_sync)
         if shard.world > 1:
             _wait_for_shards(cache_dir, task, fingerprint, shard)
             if shard.rank != 0:
@@ -316,17 +325,23 @@ def evaluate(engine: GenerationEngine, tasks: list[Task], out_dir: Path, decodin
     config = {"model": model_id, "model_revision": model_revision, "decoding": asdict(decoding), "scoring": scoring,
               "tasks": [t.name for t in tasks], "samples": {t.name: len(t.samples()) for t in tasks},
               "max_new_tokens": {t.name: t.max_new_tokens for t in tasks}, **(settings or {})}
-    _write_lmms_eval(out_dir, tasks, results, merged, decoding, model_id, model_name, scoring, settings or {}, started,
-                     write_first=task_files)
-    # Last: results.json present means every file above belongs to it.
-    outputs.write_results(out_dir, results, config)
+    name, lmms_files = _lmms_eval_files(out_dir, tasks, results, merged, decoding, model_id, model_name, scoring,
+                                        settings or {}, started)
+    # One batch (outputs.write_all_atomically): every file staged and synced together, then renamed in
+    # order: per-sample files before results files, lmms-eval's files of an earlier run removed once
+    # the new ones are in place, and last results.json: present, every file above belongs to it.
+    keep = {path.name for path, _ in lmms_files}
+    outputs.write_all_atomically(task_files + lmms_files + [outputs.results_file(out_dir, results, config)],
+                                 before_last=lambda: outputs.remove_earlier_lmms_eval_files(out_dir, name, keep),
+                                 also_sync=caches_to_sync or [])
     return results
 
 
-def _write_lmms_eval(out_dir: Path, tasks: list[Task], results: dict[str, dict[str, float]],
+def _lmms_eval_files(out_dir: Path, tasks: list[Task], results: dict[str, dict[str, float]],
                      answers: dict[str, dict[str, str]], decoding: DecodingConfig, model_id: str,
-                     model_name: str | None, scoring: str, settings: dict, started: float,
-                     write_first: list[tuple[Path, str]] = ()) -> None:
+                     model_name: str | None, scoring: str, settings: dict,
+                     started: float) -> tuple[str, list[tuple[Path, str]]]:
+    """The lmms-eval folder's model name and its files (path, text): per-sample logs, then results."""
     from crystalvlm import __version__
 
     name = model_name or Path(model_id).name or model_id
@@ -340,4 +355,4 @@ def _write_lmms_eval(out_dir: Path, tasks: list[Task], results: dict[str, dict[s
               "scoring": scoring}
     document = outputs.lmms_eval_results(tasks, results, generation, lines, config, name, __version__,
                                          started, time.time())
-    outputs.write_lmms_eval_outputs(out_dir, name, outputs.lmms_eval_date_id(started), document, lines, write_first)
+    return name, outputs.lmms_eval_output_files(out_dir, name, outputs.lmms_eval_date_id(started), document, lines)
