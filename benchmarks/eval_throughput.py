@@ -285,6 +285,8 @@ def measure(world: Path, checkpoint: Path, work: Path, samples_per_task: int, ba
         "answers_equal_shared_unshared": f"{equal_unshared}/{len(batched)}",
         "distinct_answers": len(set(batched)),
         "load_average_1min_per_round": load_per_round,
+        # Every pass's [wall s, cpu s] per path (the paths of a pass ran one after another, in rotating order).
+        "passes": [{path: [round(one[path][0], 3), round(one[path][1], 3)] for path in PATHS} for one in passes],
     }
 
 
