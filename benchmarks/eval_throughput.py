@@ -378,9 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "benchmark": "eval_throughput",
-        "what": "samples/s of crystalvlm's batched evaluation runner (with and without prefix sharing) vs a "
-                "batch-1 HF model.generate loop (LLaVA-1.5 model_vqa_loader style), same samples, greedy, same "
-                "process; one entry per torch thread count and setting (world size, samples per task)",
+        "what": "samples/s of crystalvlm's batched evaluation runner (with and without prefix sharing) and of its "
+                "engine alone vs HF model.generate batched the same way (batch size, left padding) and a batch-1 "
+                "loop of it (LLaVA-1.5 model_vqa_loader style), same samples, greedy, same process; one entry per "
+                "torch thread count and setting (world size, samples per task)",
         "device": "cpu",
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
