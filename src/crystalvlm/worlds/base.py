@@ -67,10 +67,11 @@ class PreparedFolder:
         write_json_atomic(self.marker, self.record)
         return self
 
-    def clear_outputs(self) -> None:
-        """Remove everything but the marker: what a cut step left behind is redone, never trusted."""
+    def clear_outputs(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove everything but the marker (and the children named in `keep`, which guard themselves,
+        e.g. a nested prepared folder): what a cut step left behind is redone, never trusted."""
         for child in self.folder.iterdir():
-            if child.name != MARKER:
+            if child.name != MARKER and child.name not in keep:
                 _remove(child)
 
     def done(self, step: str) -> bool:
