@@ -36,7 +36,7 @@ class HallucinationWorld(ShapesWorld):
     name = "hallucination"
     recipe = "tiny-hallucination"
     smoke_overrides = (
-        "prepare.n_train=120", "prepare.n_eval=6", "prepare.parts_world.n_train=120", "prepare.parts_world.n_eval=6",
+        "prepare.n_train=120", "prepare.n_eval=6", "prepare.mme_images=2", "prepare.parts_world.n_train=120", "prepare.parts_world.n_eval=6",
         "prepare.parts_world.clip_steps=6", "prepare.parts_world.lm_steps=6", "prepare.parts_world.parallel_parts=false",
         "prepare.pairs={images: 8, temperature: 0.7, max_new_tokens: 24}",
         "stages.align.max_steps=2", "stages.finetune.max_steps=3", "stages.hadpo.max_steps=2",

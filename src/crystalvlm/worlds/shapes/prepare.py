@@ -155,17 +155,21 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     if settings.get("world", "shapes") != world_name:
         raise ValueError(f"prepare_tiny_world: settings.world must be {world_name!r}, got {settings.get('world')!r}")
     world = Path(world)
-    folder = PreparedFolder(world, settings, seed).open()
+    # A parts world (below) checks its own settings and steps: kept when this world's data are redone.
+    keep = (PARTS_WORLD,) if settings.get("parts_world") else ()
+    folder = PreparedFolder(world, settings, seed, keep=keep).open()
     parts = world / "parts"
 
+    # `mme_images`: MME images per subtask (absent in recipe `tiny`: the writer's default, ceil(n_eval / 5)).
+    mme_option = {"mme_images": int(settings["mme_images"])} if settings.get("mme_images") is not None else {}
+
     def write_world() -> dict:
-        # A cut run may have left part of the data; a parts world checks its own steps.
-        folder.clear_outputs(keep=(PARTS_WORLD,))
+        folder.clear_outputs()  # a cut run may have left part of the data
         partial = world / f"data.partial-{os.getpid()}"
         _, seconds = _timed(lambda: write_shapes_world(partial, n_train=int(settings["n_train"]),
                                                         n_eval=int(settings["n_eval"]), seed=seed,
                                                         image_size=int(settings["image_size"]), progress=progress,
-                                                        **(data_options or {})))
+                                                        **mme_option, **(data_options or {})))
         move_children(partial, world)
         return {"seconds": seconds}
 
