@@ -1,12 +1,14 @@
 """`crystalvlm quickstart --world hallucination`: every hallucination mitigation measured on one world.
 
-    prepare   the biased shapes world and its tiny parts (resumable)
+    prepare   the biased shapes world, and its tiny parts pretrained on the plain shapes world
+              (`prepare.parts_world`, in world/parts_world; resumable)
     train     recipe `tiny-hallucination`'s align and finetune stages
     pairs     HA-DPO pairs from the finetuned model's own descriptions (`crystalvlm data pairs`)
-    hadpo     the recipe's `dpo` stage on those pairs, starting from (and referenced to) finetune
+    hadpo     the recipe's `dpo` stage on those pairs, starting from (and referenced to) finetune, with
+              an SFT term on the chosen answers (`rpo_alpha`)
     evaluate  greedy, OPERA and VCD on the finetuned model; greedy (hadpo) and OPERA (hadpo+opera) on
               the HA-DPO model; each on POPE's three splits, MME and CHAIR (cached: a rerun reuses answers)
-    report    report.json ({"methods": {NAME: {METRIC: V}}, targets, pairs, timings}) and report.html
+    report    report.json ({"methods": {NAME: {METRIC: V}}, targets, pairs, timings, cpu_timings}) and report.html
 
 The same seed gives the same report: the world, every stage (seeded, order a function of the seed),
 the sampled descriptions (seeded) and greedy/beam decoding are deterministic; VCD's noise is seeded.
@@ -123,7 +125,7 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
         cpu_timings[phase] = now - cpu_mark[0]
         cpu_mark[0] = now
 
-    _banner("1/5 making the hallucination world (biased training data) and its tiny pretrained parts")
+    _banner("1/5 making the hallucination world (biased training data) and its tiny parts (pretrained on the plain world)")
     prepared = world.prepare(world_dir, settings, seed=seed)
     timings["prepare_s"] = time.time() - started
     cpu_lap("prepare_s")

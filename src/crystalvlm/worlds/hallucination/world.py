@@ -1,5 +1,7 @@
 """The hallucination world: the shapes world whose training data carry the biases that make models
-hallucinate (biases.py), with CHAIR beside POPE and MME. Its quickstart is the study (study.py):
+hallucinate (biases.py), with CHAIR beside POPE and MME. Its tiny parts are pretrained on the plain
+shapes world (`prepare.parts_world`), as real parts are pretrained on broad data; only the instruction
+data carry the biases. Its quickstart is the study (study.py):
 train on the biased world, make HA-DPO pairs from the model's own descriptions, train the `dpo`
 stage, and evaluate greedy, OPERA, VCD, HA-DPO and HA-DPO + OPERA on the same held-out files.
 """
