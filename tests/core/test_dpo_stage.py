@@ -206,3 +206,16 @@ def test_dpo_stage_learns_and_resumes_exactly_after_a_kill(colour_world, tiny_to
     assert len(metrics.read_text().splitlines()) == len(rows)
     provenance = json.loads((interrupted / "provenance.json").read_text())
     assert str(tmp_path / "pairs.jsonl") in provenance["data_files"]
+
+
+def test_rpo_alpha_is_checked_where_the_stage_is_declared():
+    """rpo_alpha belongs to dpo stages and is a number >= 0; a recipe saying otherwise is refused."""
+    from crystalvlm.train.recipe import StageConfig
+
+    common = {"template": "vicuna_v1", "data": ["pairs"], "tunable": ["llm"], "lr": {"llm": 1e-4}}
+    assert StageConfig("prefer", kind="dpo", rpo_alpha=2, **common).rpo_alpha == 2.0
+    assert StageConfig("prefer", kind="dpo", **common).rpo_alpha is None
+    for bad, words in (({"kind": "sft", "rpo_alpha": 1.0}, "dpo stages only"),
+                       ({"kind": "dpo", "rpo_alpha": -1.0}, ">= 0"), ({"kind": "dpo", "rpo_alpha": "a lot"}, ">= 0")):
+        with pytest.raises(ValueError, match=words):
+            StageConfig("prefer", **bad, **common)
