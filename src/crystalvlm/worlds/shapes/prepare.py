@@ -183,7 +183,7 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     folder.run("world", write_world)
     parts_world = settings.get("parts_world")
     if parts_world:
-        # After the world step: its clear_outputs would remove the sub-folder.
+        # The tokenizer, CLIP and LM are the parts world's, not trained on this world's text and images.
         return _parts_from_another_world(folder, world, dict(parts_world), seed, progress)
     folder.run("tokenizer", train_tokenizer)
     if settings.get("parallel_parts") and not all(folder.done(part) for part in PARTS):
