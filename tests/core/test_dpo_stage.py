@@ -51,9 +51,9 @@ def _dpo_recipe(tmp: Path, tokenizer_dir: Path, world: dict[str, Path], **stage)
     return path
 
 
-def test_dpo_loss_equals_trl_on_the_same_batch():
-    """TRL's DPOTrainer._compute_loss (sigmoid loss) on a tiny causal LM and one [chosen; rejected]
-    batch, against our sequence_logps + dpo_loss on the same logits and masks."""
+def _trl_and_ours(loss_types: list[str], loss_weights: list[float]) -> tuple[float, dict]:
+    """TRL's DPOTrainer._compute_loss with `loss_types`/`loss_weights` on a tiny causal LM and one
+    [chosen; rejected] batch, and our sequence log-probs of the same batch (policy, reference, labels)."""
     trl = pytest.importorskip("trl")
     from collections import defaultdict
     from types import SimpleNamespace
@@ -73,16 +73,14 @@ def test_dpo_loss_equals_trl_on_the_same_batch():
     attention = torch.ones_like(ids)
     attention[1, -2:] = 0  # padding at the end of one row
     completion[1, -2:] = 0
-    beta = 0.3
 
-    captured = {}
     fields = ("log_probs", "entropy", "mean_logits", "is_top1")
     accelerator = SimpleNamespace(device=torch.device("cpu"), gather_for_metrics=lambda value: value,
                                   gather=lambda value: value)
     fake = SimpleNamespace(model=policy, ref_model=reference, accelerator=accelerator, args=SimpleNamespace(gradient_checkpointing_kwargs=None),
-                           aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=False, beta=beta,
-                           f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=["sigmoid"],
-                           loss_weights=[1.0], label_smoothing=0.0, use_weighting=False, rpo_alpha=None,
+                           aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=False, beta=BETA,
+                           f_divergence_type="reverse_kl", f_alpha_divergence_coef=1.0, loss_types=loss_types,
+                           loss_weights=loss_weights, label_smoothing=0.0, use_weighting=False, rpo_alpha=None,
                            _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0,
                            _tp_size=1)
     try:
@@ -93,14 +91,44 @@ def test_dpo_loss_equals_trl_on_the_same_batch():
                                                            "completion_mask": completion}, return_outputs=False)
     except (AttributeError, TypeError, KeyError) as error:  # TRL's internals moved
         pytest.skip(f"TRL's _compute_loss cannot be called on a bare batch in trl {trl.__version__}: {error!r}")
-    captured["trl"] = float(loss)
 
     with torch.no_grad():
         labels = ids.masked_fill(completion == 0, -100)
-        policy_logps = sequence_logps(policy(input_ids=ids, attention_mask=attention).logits, labels)
-        reference_logps = sequence_logps(reference(input_ids=ids, attention_mask=attention).logits, labels)
-    losses, _, _ = dpo_loss(policy_logps[:2], policy_logps[2:], reference_logps[:2], reference_logps[2:], beta)
-    assert abs(float(losses.mean()) - captured["trl"]) < 1e-5, (float(losses.mean()), captured["trl"])
+        ours = {"policy": sequence_logps(policy(input_ids=ids, attention_mask=attention).logits, labels),
+                "reference": sequence_logps(reference(input_ids=ids, attention_mask=attention).logits, labels),
+                "labels": labels}
+    return float(loss), ours
+
+
+BETA = 0.3
+
+
+def test_dpo_loss_equals_trl_on_the_same_batch():
+    """TRL's sigmoid loss against our sequence_logps + dpo_loss on the same logits and masks."""
+    trl, ours = _trl_and_ours(["sigmoid"], [1.0])
+    policy, reference = ours["policy"], ours["reference"]
+    losses, _, _ = dpo_loss(policy[:2], policy[2:], reference[:2], reference[2:], BETA)
+    assert abs(float(losses.mean()) - trl) < 1e-5, (float(losses.mean()), trl)
+
+
+def test_dpo_with_sft_term_equals_trl_rpo_on_the_same_batch(monkeypatch):
+    """rpo_alpha: TRL's [sigmoid, sft] loss with weights [1, alpha] (its rpo_alpha) equals our DPO loss
+    plus alpha x chosen_token_nll, and DpoObjective's per-pair sum divided by the pairs gives it too."""
+    from crystalvlm.train.preference import DpoObjective, chosen_token_nll
+
+    alpha = 0.7
+    trl, ours = _trl_and_ours(["sigmoid", "sft"], [1.0, alpha])
+    policy, reference, labels = ours["policy"], ours["reference"], ours["labels"]
+    losses, _, _ = dpo_loss(policy[:2], policy[2:], reference[:2], reference[2:], BETA)
+    nll = chosen_token_nll(policy[:2], labels[:2])
+    assert abs(float(losses.mean() + alpha * nll) - trl) < 1e-5, (float(losses.mean() + alpha * nll), trl)
+    assert float(nll) > 0.1  # the term is there: without it the sums differ by alpha * nll
+
+    objective = DpoObjective(BETA, torch.stack([reference[:2], reference[2:]], 1).double(), rpo_alpha=alpha)
+    # The objective's forward replaced by the log-probs above (the same model and batch).
+    monkeypatch.setattr("crystalvlm.train.preference.pair_logps", lambda model, batch: (policy[:2], policy[2:]))
+    total, stats = objective.loss_sum(None, {"pair_index": torch.tensor([0, 1]), "labels": labels})
+    assert abs(float(total) / 2 - trl) < 1e-5 and abs(float(stats["chosen_nll"]) / 2 - float(nll)) < 1e-6
 
 
 def test_dpo_loss_against_a_per_token_computation():
@@ -178,3 +206,16 @@ def test_dpo_stage_learns_and_resumes_exactly_after_a_kill(colour_world, tiny_to
     assert len(metrics.read_text().splitlines()) == len(rows)
     provenance = json.loads((interrupted / "provenance.json").read_text())
     assert str(tmp_path / "pairs.jsonl") in provenance["data_files"]
+
+
+def test_rpo_alpha_is_checked_where_the_stage_is_declared():
+    """rpo_alpha belongs to dpo stages and is a number >= 0; a recipe saying otherwise is refused."""
+    from crystalvlm.train.recipe import StageConfig
+
+    common = {"template": "vicuna_v1", "data": ["pairs"], "tunable": ["llm"], "lr": {"llm": 1e-4}}
+    assert StageConfig("prefer", kind="dpo", rpo_alpha=2, **common).rpo_alpha == 2.0
+    assert StageConfig("prefer", kind="dpo", **common).rpo_alpha is None
+    for bad, words in (({"kind": "sft", "rpo_alpha": 1.0}, "dpo stages only"),
+                       ({"kind": "dpo", "rpo_alpha": -1.0}, ">= 0"), ({"kind": "dpo", "rpo_alpha": "a lot"}, ">= 0")):
+        with pytest.raises(ValueError, match=words):
+            StageConfig("prefer", **bad, **common)

@@ -44,3 +44,16 @@ def test_study_at_smoke_scale_writes_the_report(tmp_path):
     assert manifest["mix"]["description_noise"] > 0
     counts = Counter(r["id"].split("-")[0] for r in json.loads((out / "world" / "finetune.json").read_text()))
     assert counts["detail"] / sum(counts.values()) > 0.15
+
+    # The tiny parts come from the plain shapes world prepared in world/parts_world (no biases in its
+    # scenes), copied file for file; the report's CPU timings cover every phase.
+    parts_world = out / "world" / "parts_world"
+    plain = json.loads((parts_world / "manifest.json").read_text())
+    assert not plain["scene_config"].get("partners") and not plain["mix"].get("description_noise")
+    for part in ("tokenizer", "clip", "lm"):
+        copied, source = out / "world" / "parts" / part, parts_world / "parts" / part
+        names = sorted(p.name for p in source.iterdir())
+        assert names and names == sorted(p.name for p in copied.iterdir())
+        assert all((copied / n).read_bytes() == (source / n).read_bytes() for n in names), part
+    assert saved["pretraining"]["lm"]["steps"] == 6
+    assert {"prepare_s", "train_s", "eval_greedy_s"} <= set(saved["cpu_timings"])

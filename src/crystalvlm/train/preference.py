@@ -7,6 +7,11 @@ probabilities (the template's labels pick exactly those tokens) and `ref` is the
 starts from, frozen. This is TRL's DPOTrainer "sigmoid" loss; tests/core/test_dpo_stage.py checks it
 against TRL's on the same batch.
 
+With `rpo_alpha` (RPO, Pang et al. 2024) the stage adds rpo_alpha x the chosen answers' negative log
+likelihood, averaged over their tokens in the batch: TRL's `rpo_alpha` (in TRL 1.16, `loss_type:
+[sigmoid, sft]` with `loss_weights: [1, rpo_alpha]`). The SFT term keeps the chosen answers'
+likelihood from falling while DPO widens the margin, which plain DPO lets happen.
+
 Why our own loss inside the project's trainer rather than TRL's DPOTrainer: the stage must keep the
 trainer's exact resume (batch order a pure function of seed and step, RNG and optimizer restored),
 atomic checkpoints, per-part learning rates, freeze policies and provenance, and must encode pairs
@@ -45,6 +50,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     token_logps = torch.gather(shifted_logits.log_softmax(-1), 2,
                                shifted_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     return (token_logps * mask).sum(-1)
+
+
+def chosen_token_nll(chosen_logps: torch.Tensor, chosen_labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log likelihood per trained token of the chosen answers (a scalar): their summed
+    log probabilities (n,) over the count of their trained tokens in `chosen_labels` (n, T)."""
+    tokens = (chosen_labels[:, 1:] != IGNORE_INDEX).sum()  # position 0 is never predicted
+    return -chosen_logps.sum() / tokens.clamp(min=1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
@@ -170,6 +182,7 @@ class DpoObjective:
 
     beta: float
     reference: torch.Tensor  # (N, 2) float64
+    rpo_alpha: float | None = None  # weight of the chosen answers' token-mean NLL (None: plain DPO)
     unit: str = "pairs"
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
@@ -182,4 +195,12 @@ class DpoObjective:
         stats = {"reward_accuracy": (chosen_rewards > rejected_rewards).float().sum(),
                  "reward_margin": (chosen_rewards - rejected_rewards).sum(),
                  "chosen_logp": chosen.detach().sum(), "rejected_logp": rejected.detach().sum()}
-        return losses.sum(), stats
+        loss = losses.sum()
+        if self.rpo_alpha is not None:
+            # A batch-level token mean (as TRL's), counted once per pair so that the loop's division by
+            # the global batch's pairs leaves dpo_mean + rpo_alpha * nll (one micro-batch per step).
+            pairs = chosen.shape[0]
+            nll = chosen_token_nll(chosen, batch["labels"][:pairs])
+            loss = loss + self.rpo_alpha * nll * pairs
+            stats["chosen_nll"] = nll.detach() * pairs
+        return loss, stats

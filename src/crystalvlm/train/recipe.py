@@ -88,6 +88,9 @@ class StageConfig:
     # DPO layout) against a frozen reference, the model the stage starts from; `beta` scales the margin.
     kind: str = "sft"
     beta: float = 0.1
+    # dpo: weight of an SFT term on the chosen answers (their token-mean NLL) added to the DPO loss,
+    # TRL's `rpo_alpha`; None: DPO alone.
+    rpo_alpha: float | None = None
     # sft: several samples per row (attention kept inside each sample, positions restarting per sample)
     # instead of one padded row per sample; the same samples per step, so the same loss (data.packing).
     packing: bool = False
@@ -102,6 +105,12 @@ class StageConfig:
         if not isinstance(self.beta, (int, float)) or isinstance(self.beta, bool) or self.beta <= 0:
             raise ValueError(f"stage {self.name!r}: beta must be a positive number, got {self.beta!r}")
         self.beta = float(self.beta)
+        if self.rpo_alpha is not None:
+            if not isinstance(self.rpo_alpha, (int, float)) or isinstance(self.rpo_alpha, bool) or self.rpo_alpha < 0:
+                raise ValueError(f"stage {self.name!r}: rpo_alpha must be a number >= 0 or absent, got {self.rpo_alpha!r}")
+            self.rpo_alpha = float(self.rpo_alpha)
+            if self.kind != "dpo":
+                raise ValueError(f"stage {self.name!r}: rpo_alpha applies to dpo stages only")
         if self.loss not in LOSSES:
             raise ValueError(f"stage {self.name!r}: loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not isinstance(self.loss_chunk_size, int) or isinstance(self.loss_chunk_size, bool) or self.loss_chunk_size < 1:

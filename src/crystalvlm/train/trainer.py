@@ -302,8 +302,10 @@ def reference(run: StageRun, model, dataset, pad_token_id: int, init_from: Path 
         values = reference_logps(run.accelerator.unwrap_model(model), dataset, run.folder, key, run.stage.batch_size,
                                  pad_token_id, run.accelerator.device,
                                  progress=run.options.progress and run.accelerator.is_main_process)
-    run.say(f"stage {run.stage.name}: dpo on {len(dataset)} pairs, beta {run.stage.beta}, reference = the stage's start")
-    return DpoObjective(run.stage.beta, values)
+    sft = f", SFT term rpo_alpha {run.stage.rpo_alpha}" if run.stage.rpo_alpha is not None else ""
+    run.say(f"stage {run.stage.name}: dpo on {len(dataset)} pairs, beta {run.stage.beta}{sft}, "
+            "reference = the stage's start")
+    return DpoObjective(run.stage.beta, values, rpo_alpha=run.stage.rpo_alpha)
 
 
 def freeze(run: StageRun, model) -> list[dict]:

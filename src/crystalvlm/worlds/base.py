@@ -44,8 +44,11 @@ class PreparedFolder:
     and cleaned on the rerun; a non-empty folder without it is someone else's and is refused.
     """
 
-    def __init__(self, folder: Path, settings: dict, seed: int) -> None:
+    def __init__(self, folder: Path, settings: dict, seed: int, keep: tuple[str, ...] = ()) -> None:
+        """`keep`: children never cleared, because they guard themselves (a nested prepared folder with
+        its own marker, which redoes itself when its own settings change)."""
         self.folder = Path(folder)
+        self.keep = tuple(keep)
         self.wanted = {"settings": settings, "seed": seed}
         self.marker = self.folder / MARKER
         self.record: dict = {**self.wanted, "steps": {}}
@@ -68,9 +71,10 @@ class PreparedFolder:
         return self
 
     def clear_outputs(self) -> None:
-        """Remove everything but the marker: what a cut step left behind is redone, never trusted."""
+        """Remove everything but the marker and the children named in `keep`: what a cut step left
+        behind is redone, never trusted."""
         for child in self.folder.iterdir():
-            if child.name != MARKER:
+            if child.name != MARKER and child.name not in self.keep:
                 _remove(child)
 
     def done(self, step: str) -> bool:

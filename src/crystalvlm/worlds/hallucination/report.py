@@ -124,6 +124,15 @@ def write_study_html(out: Path, report: dict) -> Path:
                        f"{pairs['negatives_with_added_hallucination']} held none and got one added to their negative.")
     add_loss_curves(page, out / "run")
 
+    if report.get("cpu_timings"):
+        page.heading("Time per phase")
+        timings, cpu = report.get("timings") or {}, report["cpu_timings"]
+        page.table(["phase", "wall s", "CPU s"], [[phase.removesuffix("_s"), timings.get(phase, ""), cpu[phase]]
+                                                for phase in cpu])
+        page.paragraph("CPU seconds of this process and its finished children (the part pretraining runs in two "
+                       "processes side by side). On a shared machine the wall time depends on the other load; the "
+                       "CPU time does not, much.", muted=True)
+
     page.heading("Example descriptions (hallucinated words marked)")
     items = []
     for example in report.get("examples", []):
@@ -150,4 +159,6 @@ def print_study_summary(report: dict, out: Path) -> None:
                                                                 m["mean_words"])))
     for target, verdict in (report.get("targets") or {}).items():
         print(f"  {target}: {verdict['value']} (wanted {verdict['target']}): {'met' if verdict['met'] else 'NOT met'}")
+    if report.get("cpu_seconds") is not None:
+        print(f"\nCPU time {report['cpu_seconds']} s (load average {report.get('load_average')} at the end)")
     print(f"\nwall time {report['wall_seconds']} s; report: {out / 'report.html'} and {out / 'report.json'}")

@@ -1,12 +1,14 @@
 """`crystalvlm quickstart --world hallucination`: every hallucination mitigation measured on one world.
 
-    prepare   the biased shapes world and its tiny parts (resumable)
+    prepare   the biased shapes world, and its tiny parts pretrained on the plain shapes world
+              (`prepare.parts_world`, in world/parts_world; resumable)
     train     recipe `tiny-hallucination`'s align and finetune stages
     pairs     HA-DPO pairs from the finetuned model's own descriptions (`crystalvlm data pairs`)
-    hadpo     the recipe's `dpo` stage on those pairs, starting from (and referenced to) finetune
+    hadpo     the recipe's `dpo` stage on those pairs, starting from (and referenced to) finetune, with
+              an SFT term on the chosen answers (`rpo_alpha`)
     evaluate  greedy, OPERA and VCD on the finetuned model; greedy (hadpo) and OPERA (hadpo+opera) on
               the HA-DPO model; each on POPE's three splits, MME and CHAIR (cached: a rerun reuses answers)
-    report    report.json ({"methods": {NAME: {METRIC: V}}, targets, pairs, timings}) and report.html
+    report    report.json ({"methods": {NAME: {METRIC: V}}, targets, pairs, timings, cpu_timings}) and report.html
 
 The same seed gives the same report: the world, every stage (seeded, order a function of the seed),
 the sampled descriptions (seeded) and greedy/beam decoding are deterministic; VCD's noise is seeded.
@@ -16,6 +18,7 @@ A rerun into the same folder continues where a killed one stopped.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -93,14 +96,14 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
     from crystalvlm.train.recipe import apply_overrides, load_recipe, read_recipe
     from crystalvlm.train.trainer import TrainOptions, final_checkpoint, train_recipe
     from crystalvlm.worlds.hallucination.report import example_descriptions, print_study_summary, write_study_html
-    from crystalvlm.worlds.quickstart import RUN_MARKER, SCALES, _start_or_continue, _training_summary
+    from crystalvlm.worlds.quickstart import RUN_MARKER, SCALES, _cpu_seconds, _start_or_continue, _training_summary
 
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
-    started = time.time()
+    started, started_cpu = time.time(), _cpu_seconds()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = [f"seed={seed}"] + (list(world.smoke_overrides) if scale == "smoke" else []) + list(extra_overrides)
@@ -114,10 +117,18 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
     _start_or_continue(out, run_settings)
     world_dir, run_dir = out / "world", out / "run"
     timings: dict[str, float] = {}
+    cpu_timings: dict[str, float] = {}  # the same phases in CPU seconds (this process and its children)
+    cpu_mark = [started_cpu]
 
-    _banner("1/5 making the hallucination world (biased training data) and its tiny pretrained parts")
+    def cpu_lap(phase: str) -> None:
+        now = _cpu_seconds()
+        cpu_timings[phase] = now - cpu_mark[0]
+        cpu_mark[0] = now
+
+    _banner("1/5 making the hallucination world (biased training data) and its tiny parts (pretrained on the plain world)")
     prepared = world.prepare(world_dir, settings, seed=seed)
     timings["prepare_s"] = time.time() - started
+    cpu_lap("prepare_s")
     recipe = load_recipe(world.recipe, overrides, {"world": str(world_dir), "run_dir": str(out)})
     needs_hadpo = any(METHODS[name][0] == "hadpo" for name in methods)
 
@@ -125,6 +136,7 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
     mark = time.time()
     results = train_recipe(recipe, TrainOptions(run_dir=run_dir, progress=True, resume=True, stages=["align", "finetune"]))
     timings["train_s"] = time.time() - mark
+    cpu_lap("train_s")
     finetuned = final_checkpoint(run_dir, "finetune")
 
     pairs_summary, hadpo_skipped = None, None
@@ -143,12 +155,14 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
                        attributes=bool(options.get("attributes", True)))
         pairs_summary = json.loads(summary_file.read_text())
         timings["pairs_s"] = time.time() - mark
+        cpu_lap("pairs_s")
 
         if pairs_summary["pairs"]:
             _banner("4/5 HA-DPO: the dpo stage (reference = the finetuned model, frozen)")
             mark = time.time()
             results += train_recipe(recipe, TrainOptions(run_dir=run_dir, progress=True, resume=True, stages=["hadpo"]))
             timings["hadpo_s"] = time.time() - mark
+            cpu_lap("hadpo_s")
         else:  # an untrained model (smoke scale) names no shape: nothing to prefer
             hadpo_skipped = f"no pair: none of {pairs_summary['images']} descriptions named a shape"
             _banner(f"4/5 HA-DPO skipped ({hadpo_skipped}); the hadpo methods evaluate the finetuned model")
@@ -171,6 +185,7 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
                               model_id=str(checkpoint), model_revision=checkpoint_revision(checkpoint))
         measured[name] = method_metrics(results_of, eval_dir)
         timings[f"eval_{name}_s"] = time.time() - mark
+        cpu_lap(f"eval_{name}_s")
 
     report = {
         "world": world.name,
@@ -179,6 +194,10 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
         "overrides": list(extra_overrides),
         "wall_seconds": round(time.time() - started, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
+        # CPU seconds per phase beside the wall times: on a shared machine they, not the wall times,
+        # tell what the study costs (the part pretraining runs in two processes, so its CPU time can
+        # exceed its wall time on two free cores).
+        "cpu_timings": {k: round(v, 1) for k, v in cpu_timings.items()},
         "methods": measured,
         "decoding": {name: METHODS[name][1] for name in methods},
         "pretraining": {part: prepared.get(part) for part in world.pretrained_parts},
@@ -193,6 +212,8 @@ def run_study(world, out: Path, scale: str = "full", seed: int = 0, batch_size: 
     report["examples"] = example_descriptions(world_dir, {name: out / "eval" / name.replace("+", "_") for name in methods})
     write_study_html(out, report)
     report["wall_seconds"] = round(time.time() - started, 1)
+    report["cpu_seconds"] = round(_cpu_seconds() - started_cpu, 1)
+    report["load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     write_json_atomic(out / "report.json", report)
     print_study_summary(report, out)
     return report

@@ -1,5 +1,7 @@
 """The hallucination world: the shapes world whose training data carry the biases that make models
-hallucinate (biases.py), with CHAIR beside POPE and MME. Its quickstart is the study (study.py):
+hallucinate (biases.py), with CHAIR beside POPE and MME. Its tiny parts are pretrained on the plain
+shapes world (`prepare.parts_world`), as real parts are pretrained on broad data; only the instruction
+data carry the biases. Its quickstart is the study (study.py):
 train on the biased world, make HA-DPO pairs from the model's own descriptions, train the `dpo`
 stage, and evaluate greedy, OPERA, VCD, HA-DPO and HA-DPO + OPERA on the same held-out files.
 """
@@ -36,7 +38,8 @@ class HallucinationWorld(ShapesWorld):
     name = "hallucination"
     recipe = "tiny-hallucination"
     smoke_overrides = (
-        "prepare.n_train=120", "prepare.n_eval=6", "prepare.clip_steps=6", "prepare.lm_steps=6",
+        "prepare.n_train=120", "prepare.n_eval=6", "prepare.mme_images=2", "prepare.parts_world.n_train=120", "prepare.parts_world.n_eval=6",
+        "prepare.parts_world.clip_steps=6", "prepare.parts_world.lm_steps=6", "prepare.parts_world.parallel_parts=false",
         "prepare.pairs={images: 8, temperature: 0.7, max_new_tokens: 24}",
         "stages.align.max_steps=2", "stages.finetune.max_steps=3", "stages.hadpo.max_steps=2",
     )

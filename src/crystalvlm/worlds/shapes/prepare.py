@@ -13,6 +13,13 @@ two single-threaded runs side by side finish the pair in about the time of the l
 finishes first (its steps cost about half the LM's); from then on the LM takes torch's usual thread
 count, so the freed core is not left idle. The thread count does not change the tiny LM's numbers
 (tests/core/test_parallel_parts.py checks the parts bitwise against a one-thread run).
+
+With `parts_world: {SETTINGS}` (a whole `prepare` section of another world, e.g. recipe `tiny`'s), the
+parts are not trained on this world's data: that world is prepared in `<world>/parts_world/` (the same
+resumable steps, side by side if it says so) and its tokenizer, CLIP and LM are copied into
+`<world>/parts/`. A variant world whose data carry biases (the hallucination world) so gets parts
+pretrained on the plain world's scenes and text, as a real CLIP and LLM are pretrained on broad data
+and only the instruction data carry the variant's quirks.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from crystalvlm.worlds.base import PreparedFolder, move_children, staged
 
 PARTS = ("clip", "lm")
+PARTS_WORLD = "parts_world"  # sub-folder of a world whose parts come from another world's preparation
 
 
 def _timed(work):
@@ -147,8 +155,13 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     if settings.get("world", "shapes") != world_name:
         raise ValueError(f"prepare_tiny_world: settings.world must be {world_name!r}, got {settings.get('world')!r}")
     world = Path(world)
-    folder = PreparedFolder(world, settings, seed).open()
+    # A parts world (below) checks its own settings and steps: kept when this world's data are redone.
+    keep = (PARTS_WORLD,) if settings.get("parts_world") else ()
+    folder = PreparedFolder(world, settings, seed, keep=keep).open()
     parts = world / "parts"
+
+    # `mme_images`: MME images per subtask (absent in recipe `tiny`: the writer's default, ceil(n_eval / 5)).
+    mme_option = {"mme_images": int(settings["mme_images"])} if settings.get("mme_images") is not None else {}
 
     def write_world() -> dict:
         folder.clear_outputs()  # a cut run may have left part of the data
@@ -156,7 +169,7 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
         _, seconds = _timed(lambda: write_shapes_world(partial, n_train=int(settings["n_train"]),
                                                         n_eval=int(settings["n_eval"]), seed=seed,
                                                         image_size=int(settings["image_size"]), progress=progress,
-                                                        **(data_options or {})))
+                                                        **mme_option, **(data_options or {})))
         move_children(partial, world)
         return {"seconds": seconds}
 
@@ -168,6 +181,10 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
         return {"seconds": seconds}
 
     folder.run("world", write_world)
+    parts_world = settings.get("parts_world")
+    if parts_world:
+        # The tokenizer, CLIP and LM are the parts world's, not trained on this world's text and images.
+        return _parts_from_another_world(folder, world, dict(parts_world), seed, progress)
     folder.run("tokenizer", train_tokenizer)
     if settings.get("parallel_parts") and not all(folder.done(part) for part in PARTS):
         _, parts_seconds = _timed(lambda: _pretrain_parts_side_by_side(folder, world, settings, seed, progress))
@@ -183,3 +200,26 @@ def prepare_tiny_world(world: Path, settings: dict, seed: int = 0, progress: boo
     strip = ("seconds",)
     return folder.finish(timings=timings, clip={k: v for k, v in done["clip"].items() if k not in strip},
                          lm={k: v for k, v in done["lm"].items() if k not in strip})
+
+
+def _parts_from_another_world(folder: PreparedFolder, world: Path, settings: dict, seed: int, progress: bool) -> dict:
+    """`settings` (a shapes world's `prepare` section) prepared in `world/parts_world`, then its
+    tokenizer, CLIP and LM copied into `world/parts` as this world's steps; the record holds the part
+    world's figures and timings (its part pretraining is this preparation's cost)."""
+    import shutil
+
+    source = world / PARTS_WORLD
+    if settings.get("parts_world"):
+        raise ValueError("prepare.parts_world: a parts world cannot take its parts from yet another world")
+    donor = prepare_tiny_world(source, settings, seed=seed, progress=progress,
+                               world_name=str(settings.get("world", "shapes")))
+    for name in ("tokenizer", *PARTS):
+        def copy(name: str = name) -> dict:
+            with staged(world / "parts" / name) as out:
+                shutil.copytree(source / "parts" / name, out, dirs_exist_ok=True)
+            return {"copied_from": f"{PARTS_WORLD}/parts/{name}"}
+
+        folder.run(name, copy)
+    timings = {"world_s": folder.result("world")["seconds"],
+               **{f"parts_world_{key}": value for key, value in donor["timings"].items()}}
+    return folder.finish(timings=timings, clip=donor["clip"], lm=donor["lm"], parts_world=PARTS_WORLD)

@@ -114,6 +114,7 @@ def write_shapes_world(
     mix: FinetuneMix | None = None,
     scene_config: SceneConfig | None = None,
     eval_scene_config: SceneConfig | None = None,
+    mme_images: int | None = None,
 ) -> dict:
     """Write the shapes world (training data, annotations, benchmarks, manifest) and return the manifest.
 
@@ -123,6 +124,8 @@ def write_shapes_world(
     mix: finetune task shares (FinetuneMix()); scene_config: how scenes are drawn (SceneConfig()).
     eval_scene_config: how held-out scenes are drawn (default: as training scenes); a world whose
         training scenes carry biases draws its benchmarks without them, so a learnt bias shows.
+    mme_images: MME images per subtask instead of ceil(n_eval / 5) (a study that compares MME totals
+        within a few percent needs more than POPE's size gives); the other benchmarks are unchanged.
     A folder holding a previous shapes world is overwritten; any other non-empty folder is refused.
     """
     out_dir = Path(out_dir)
@@ -169,7 +172,9 @@ def write_shapes_world(
     # ---- held-out benchmarks (no scene renders like a training image)
     eval_scene_config = eval_scene_config or scene_config
     source = EvalSceneSource(seed, image_size, eval_scene_config, {scene.signature() for scene in train_scenes})
-    n_mme = mme_images_per_subtask(n_eval)
+    if mme_images is not None and (not isinstance(mme_images, int) or isinstance(mme_images, bool) or mme_images < 2):
+        raise ValueError(f"write_shapes_world: mme_images must be an integer >= 2, got {mme_images!r}")
+    n_mme = mme_images_per_subtask(n_eval) if mme_images is None else mme_images
     total_eval = n_eval + n_mme * len(MME_SUBTASKS) + 2 * n_eval
     with tqdm(total=total_eval, desc="shapes: benchmarks", disable=not progress) as bar:
         tick = lambda: bar.update(1)  # noqa: E731 - a one-line progress callback
