@@ -73,7 +73,8 @@ def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, positio
     parts = world / "parts"
     tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
     options = {"lr": float(settings["lm_lr"])} if "lm_lr" in settings else {}  # else pretrain_tiny_lm's default
-    for key, name in (("lm_batch_size", "batch_size"), ("lm_packing", "packing")):
+    for key, name in (("lm_batch_size", "batch_size"), ("lm_packing", "packing"), ("lm_precision", "precision"),
+                      ("lm_attention", "attention")):
         if key in settings:
             options[name] = settings[key]
     with staged(parts / "lm") as out:
