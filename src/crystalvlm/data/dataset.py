@@ -148,12 +148,15 @@ def _check_chunk(records: list[ConversationRecord], encoder: SampleEncoder, imag
                  keep_encodings: bool = False) -> list[Checked]:
     outcomes: list[Checked] = []
     for record in records:
-        checked = encoder.check_and_encode(record, image_folder)
-        if isinstance(checked, RecordProblem):
-            outcomes.append((checked.reason, None))
+        if not keep_encodings:
+            checked = encoder.check_record(record, image_folder)
+            outcomes.append((checked.reason if isinstance(checked, RecordProblem) else checked, None))
+            continue
+        encoded = encoder.check_and_encode(record, image_folder)
+        if isinstance(encoded, RecordProblem):
+            outcomes.append((encoded.reason, None))
         else:
-            ids, labels = checked
-            outcomes.append((len(ids), _compact(ids, labels) if keep_encodings else None))
+            outcomes.append((len(encoded[0]), _compact(*encoded)))
     return outcomes
 
 
