@@ -123,3 +123,13 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_an_unknown_pretraining_precision_is_refused(tmp_path):
+    from crystalvlm.worlds.parts.clip import pretrain_tiny_clip
+    from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pretrain_tiny_lm(["a line"], None, {}, tmp_path, steps=1, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pretrain_tiny_clip([], None, {}, tmp_path, steps=1, precision="fp16")

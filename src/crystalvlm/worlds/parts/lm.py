@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from crystalvlm.worlds.parts.loop import PretrainReport, optimise, report, warmup_constant
+from crystalvlm.worlds.parts.loop import PRECISIONS, PretrainReport, optimise, report, warmup_constant
 
 
 def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +86,6 @@ def pack_lines_best_fit(lines: list[list[int]], block: int, pad_id: int,
 
 
 PACKINGS = ("lines", "best_fit")
-PRECISIONS = ("fp32", "bf16")
 
 
 def pretrain_tiny_lm(
