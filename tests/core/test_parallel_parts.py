@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from crystalvlm.train.recipe import apply_overrides, read_recipe
@@ -41,7 +42,8 @@ if __name__ == "__main__":
 """
 
 
-def test_the_tiny_lm_steps_alike_on_one_and_two_threads():
+@pytest.mark.parametrize("precision, attention", [("fp32", None), ("bf16", "eager")])  # the default; recipe tiny's
+def test_the_tiny_lm_steps_alike_on_one_and_two_threads(precision, attention):
     """What lets the LM change its thread count mid-run without changing the parts."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -50,13 +52,16 @@ def test_the_tiny_lm_steps_alike_on_one_and_two_threads():
     def three_steps(threads: int) -> torch.Tensor:
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        config = {k: v for k, v in tiny_llm_config(300, hidden=128, layers=2).items() if k != "model_type"}
-        model = LlamaForCausalLM(LlamaConfig(**config))
+        config = LlamaConfig(**{k: v for k, v in tiny_llm_config(300, hidden=128, layers=2).items() if k != "model_type"})
+        model = (LlamaForCausalLM._from_config(config, attn_implementation=attention) if attention
+                 else LlamaForCausalLM(config))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         batches = torch.Generator().manual_seed(1)
         for _ in range(3):
             ids = torch.randint(5, 300, (8, 128), generator=batches)
-            model(input_ids=ids, labels=ids).loss.backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad()
         return torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -118,3 +123,13 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_an_unknown_pretraining_precision_is_refused(tmp_path):
+    from crystalvlm.worlds.parts.clip import pretrain_tiny_clip
+    from crystalvlm.worlds.parts.lm import pretrain_tiny_lm
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pretrain_tiny_lm(["a line"], None, {}, tmp_path, steps=1, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pretrain_tiny_clip([], None, {}, tmp_path, steps=1, precision="fp16")

@@ -119,6 +119,13 @@ class SampleEncoder:
         truncated PNG fails here); the decode itself happens when `sample` is called, in the loader's
         workers. A damaged file that only its full decode reveals (some truncated JPEGs) then stops
         training with an ImageError naming the record and file."""
+        checked = self.check_and_encode(record, image_folder)
+        return checked if isinstance(checked, RecordProblem) else len(checked[0])
+
+    def check_and_encode(self, record: ConversationRecord,
+                         image_folder: Path | None) -> tuple[list[int], list[int]] | RecordProblem:
+        """`check_record`, returning the (input_ids, labels) the check encoded instead of their length:
+        what `sample` would encode for the record, for a caller that keeps them (`encoding=`)."""
 
         def problem(reason: str) -> RecordProblem:
             return RecordProblem(record.source, record.record_id, reason)
@@ -146,22 +153,29 @@ class SampleEncoder:
             return problem(f"{len(ids)} tokens{images} is over max_length {self.max_length} (skipped rather than truncated)")
         if not any(label >= 0 for label in labels):
             return problem("no trained token after encoding")
-        return len(ids)
+        return ids, labels
 
-    def sample(self, record: ConversationRecord, image_folder: Path | None) -> dict:
+    def sample(self, record: ConversationRecord, image_folder: Path | None,
+               encoding: tuple[Sequence[int], Sequence[int]] | None = None) -> dict:
         """A training sample: input_ids and labels (lists of T ints), pixel_values (N_images, 3, S, S) in the
         order of the record's `<image>` placeholders (its `image` list), or None; anyres: pixel_values
-        (N_images, P, 3, S, S) and image_sizes (N_images, 2)."""
+        (N_images, P, 3, S, S) and image_sizes (N_images, 2).
+
+        `encoding`: the record's (input_ids, labels) as this encoder encoded them before (`check_and_encode`,
+        or an earlier `sample`); given, the conversation is not tokenised again, only the images are read."""
         images: list[Image.Image] = []
         if record.has_image:
             try:
                 images = [open_image(image_folder, path, self.max_pixels) for path in record.images]  # type: ignore[arg-type]
             except ImageError as error:
                 raise ImageError(f"{record.source}: record {record.record_id!r}: {error}") from None
-        try:
-            ids, labels = self.encode(record.turns, [image.size for image in images])
-        except ConversationError as error:
-            raise ConversationError(f"{record.source}: record {record.record_id!r}: {error}") from None
+        if encoding is not None:
+            ids, labels = list(encoding[0]), list(encoding[1])
+        else:
+            try:
+                ids, labels = self.encode(record.turns, [image.size for image in images])
+            except ConversationError as error:
+                raise ConversationError(f"{record.source}: record {record.record_id!r}: {error}") from None
         sample = {"input_ids": ids, "labels": labels, "pixel_values": None}
         if images:
             pixel_values, image_sizes = self.pixel_inputs(images)

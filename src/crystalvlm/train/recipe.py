@@ -98,6 +98,9 @@ class StageConfig:
     # entropy over the trained positions only, `loss_chunk_size` positions at a time (train/chunked_loss.py).
     loss: str = "full"
     loss_chunk_size: int = 1024
+    # sft: every record's token ids and labels kept in memory once encoded (~8 bytes a token), so an
+    # epoch after the first does not tokenise again; the samples are the same (data.dataset).
+    keep_encodings: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:

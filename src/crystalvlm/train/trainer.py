@@ -264,13 +264,14 @@ def check_data(run: StageRun, model, processor):
         started = time.perf_counter()
         with run.accelerator.local_main_process_first():
             prepared = prepare_dataset(_sources(run.recipe, run.stage, run.options), encoder, progress=progress,
-                                       workers=default_check_workers(shared=False), cache=CheckCache())
+                                       workers=default_check_workers(shared=False), cache=CheckCache(),
+                                       keep_encodings=run.stage.keep_encodings)
         if run.accelerator.is_main_process:
             summary = {"seconds": round(time.perf_counter() - started, 3),
                        "records": len(prepared.items) + len(prepared.problems), "bad": len(prepared.problems),
                        "cached_sources": [str(path) for path in prepared.cached]}
             (run.folder / "data_check.json").write_text(json.dumps(summary, indent=2) + "\n")
-        dataset, usable = ConversationDataset(prepared, encoder), prepared.items
+        dataset, usable = ConversationDataset(prepared, encoder, run.stage.keep_encodings), prepared.items
     _report_problems(run, prepared.problems)
     if prepared.problems and run.options.strict:
         reasons = Counter(p.reason.split(":")[0] for p in prepared.problems)

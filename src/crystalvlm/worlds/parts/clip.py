@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from crystalvlm.worlds.parts.loop import PretrainReport, load_pixels, optimise, report, warmup_constant
+from crystalvlm.worlds.parts.loop import PRECISIONS, PretrainReport, load_pixels, optimise, report, warmup_constant
 
 
 def pretrain_tiny_clip(
@@ -30,10 +30,16 @@ def pretrain_tiny_clip(
     image_std=(0.26862954, 0.26130258, 0.27577711),
     progress: bool = True,
     progress_position: int = 0,
+    precision: str = "fp32",
+    attention: str | None = None,
 ) -> PretrainReport:
     """Contrastive pretraining for a fixed number of steps (steps, not seconds: same seed, same
     weights on any machine), then save_pretrained. `lr`'s default is the one that learns on the
-    shapes world; higher ones collapse to chance (docs/tiny-world-status.md)."""
+    shapes world; higher ones collapse to chance (docs/tiny-world-status.md). `precision` and
+    `attention` as in `lm.pretrain_tiny_lm` (bf16 autocast of the forward; the attention
+    implementation trained with, not pinned in the saved config)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"pretrain_tiny_clip: precision must be one of {PRECISIONS}, got {precision!r}")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     vision = {k: v for k, v in vision_config.items() if k != "model_type"}
@@ -46,7 +52,7 @@ def pretrain_tiny_clip(
         vision_config=vision,
         projection_dim=vision.get("projection_dim", 128),
     )
-    model = CLIPModel(config)
+    model = CLIPModel._from_config(config, attn_implementation=attention) if attention else CLIPModel(config)
     side = vision["image_size"]
     pixels = load_pixels([p for p, _ in pairs], side, image_mean, image_std)  # all images fit in memory at this size
     encoded = tokenizer([c + tokenizer.eos_token for _, c in pairs], add_special_tokens=False, padding=True,
@@ -60,8 +66,9 @@ def pretrain_tiny_clip(
             rng.shuffle(fresh)
             order += fresh
         batch, order = order[:batch_size], order[batch_size:]
-        return model(input_ids=encoded["input_ids"][batch], attention_mask=encoded["attention_mask"][batch],
-                     pixel_values=pixels[batch], return_loss=True).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(input_ids=encoded["input_ids"][batch], attention_mask=encoded["attention_mask"][batch],
+                         pixel_values=pixels[batch], return_loss=True).loss
 
     losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,
                                description="pretrain tiny CLIP", progress=progress,

@@ -20,6 +20,9 @@ from PIL import Image
 from crystalvlm.data.images import expand_to_square
 
 
+PRECISIONS = ("fp32", "bf16")  # a pretrainer's forward: fp32, or under CPU bf16 autocast (weights stay fp32)
+
+
 @dataclass
 class PretrainReport:
     steps: int

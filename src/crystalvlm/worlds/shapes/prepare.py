@@ -61,11 +61,14 @@ def _pretrain_clip(world: Path, settings: dict, seed: int, progress: bool, posit
         for line in handle:
             record = json.loads(line)
             pairs.append((world / "images" / record["image"], record["caption"]))
-    lr = {"lr": float(settings["clip_lr"])} if "clip_lr" in settings else {}  # else pretrain_tiny_clip's default
+    options = {"lr": float(settings["clip_lr"])} if "clip_lr" in settings else {}  # else pretrain_tiny_clip's default
+    for key, name in (("clip_precision", "precision"), ("clip_attention", "attention")):
+        if key in settings:
+            options[name] = settings[key]
     with staged(parts / "clip") as out:
         report = pretrain_tiny_clip(pairs, tokenizer, tiny_vision_config(**settings["vision"]), out,
                                     steps=int(settings["clip_steps"]), seed=seed, progress=progress,
-                                    progress_position=position, **lr)
+                                    progress_position=position, **options)
     warn_if_contrastive_chance(report)
     return {"steps": report.steps, "first_loss": report.first_loss, "last_loss": report.last_loss,
             "seconds": report.seconds}
@@ -81,7 +84,8 @@ def _pretrain_lm(world: Path, settings: dict, seed: int, progress: bool, positio
     parts = world / "parts"
     tokenizer = AutoTokenizer.from_pretrained(parts / "tokenizer")
     options = {"lr": float(settings["lm_lr"])} if "lm_lr" in settings else {}  # else pretrain_tiny_lm's default
-    for key, name in (("lm_batch_size", "batch_size"), ("lm_packing", "packing")):
+    for key, name in (("lm_batch_size", "batch_size"), ("lm_packing", "packing"), ("lm_precision", "precision"),
+                      ("lm_attention", "attention")):
         if key in settings:
             options[name] = settings[key]
     with staged(parts / "lm") as out:
