@@ -231,16 +231,22 @@ def write_noise_images(image_folder: Path, count: int, image_size: int, seed: in
     return image_folder, count
 
 
-def write_synthetic_data(shape: Shape, folder: Path, records: int, seed: int, distinct_images: int = 128) -> SyntheticData:
-    """Tokenizer, records and noise images for `shape`; `records` LLaVA conversation records."""
-    rng = random.Random(seed)
-    language = SyntheticLanguage(shape.lexicon_words, seed)
+def write_synthetic_tokenizer(shape: Shape, folder: Path, language: SyntheticLanguage, rng: random.Random):
+    """A BPE of the shape's vocabulary trained on `language`'s sentences (drawn with `rng`) into
+    folder/tokenizer; (its folder, the loaded tokenizer, the corpus it was trained on)."""
     corpus = [language.sentence(rng, rng.randint(6, 30)) for _ in range(shape.tokenizer_sentences)]
     # Every word once more, so that the merges can reach the requested vocabulary size.
     corpus += [" ".join(language.words[i:i + 40]) for i in range(0, len(language.words), 40)]
     tokenizer_dir = folder / "tokenizer"
     train_tiny_tokenizer(corpus, tokenizer_dir, vocab_size=shape.llm["vocab_size"])
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return tokenizer_dir, AutoTokenizer.from_pretrained(tokenizer_dir), corpus
+
+
+def write_synthetic_data(shape: Shape, folder: Path, records: int, seed: int, distinct_images: int = 128) -> SyntheticData:
+    """Tokenizer, records and noise images for `shape`; `records` LLaVA conversation records."""
+    rng = random.Random(seed)
+    language = SyntheticLanguage(shape.lexicon_words, seed)
+    tokenizer_dir, tokenizer, _ = write_synthetic_tokenizer(shape, folder, language, rng)
 
     image_size = int(shape.vision["image_size"])
     image_folder, images = write_noise_images(folder / "images", min(records, distinct_images), image_size, seed)
@@ -289,11 +295,7 @@ def write_mixture_data(shape: Shape, folder: Path, records: int, seed: int, max_
     """`records` LLaVA conversation records drawn from MIXTURE, each under `max_length` tokens."""
     rng = random.Random(seed)
     language = SyntheticLanguage(shape.lexicon_words, seed)
-    corpus = [language.sentence(rng, rng.randint(6, 30)) for _ in range(shape.tokenizer_sentences)]
-    corpus += [" ".join(language.words[i:i + 40]) for i in range(0, len(language.words), 40)]
-    tokenizer_dir = folder / "tokenizer"
-    train_tiny_tokenizer(corpus, tokenizer_dir, vocab_size=shape.llm["vocab_size"])
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer_dir, tokenizer, corpus = write_synthetic_tokenizer(shape, folder, language, rng)
     sample = " ".join(corpus[:300])
     tokens_per_word = len(tokenizer(sample, add_special_tokens=False)["input_ids"]) / len(sample.split())
 

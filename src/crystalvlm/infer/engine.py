@@ -169,6 +169,7 @@ class GenerationEngine:
         ]
         group_size = 1 if strategy.one_request_at_a_time else self.batch_size
         sharing = self.share_prefixes and strategy.shares_prefixes and group_size > 1
+        # Each prompt's keys, found once: they order the batches and plan each batch's shared prefill.
         keys = [prompt_keys(prompt, self.image_token_id) for prompt in prepared] if sharing else None
         order = self._batch_order(prepared, keys) if keys is not None else sorted(range(len(requests)), key=lambda i: -prepared[i].length)
         results: list[GenerationResult | None] = [None] * len(requests)
@@ -176,7 +177,7 @@ class GenerationEngine:
         with self._lock, torch.no_grad():
             for start in range(0, len(order), group_size):
                 group = order[start : start + group_size]
-                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], strategy, sharing,
+                answers = self._run_group([prepared[i] for i in group], [controls[i] for i in group], strategy,
                                           [keys[i] for i in group] if keys is not None else None)
                 for index, answer in zip(group, answers):
                     results[index] = GenerationResult(answer.visible_text, answer.token_ids, answer.finish_reason, prepared[index].length)
@@ -215,11 +216,11 @@ class GenerationEngine:
             cancel.set()
             worker.join()
 
-    def _batch_order(self, prepared: list[PreparedPrompt], keys: list[PromptKeys] | None = None) -> list[int]:
+    @staticmethod
+    def _batch_order(prepared: list[PreparedPrompt], keys: list[PromptKeys]) -> list[int]:
         """Request indices in batch order: requests that can share a prefix covering their images stay
         next to each other (so they land in one batch), groups longest first, longest first within.
-        `keys`: the prompts' `prompt_keys`, when computed already."""
-        keys = keys if keys is not None else [prompt_keys(prompt, self.image_token_id) for prompt in prepared]
+        `keys`: the prompts' `prompt_keys`."""
         groups: dict[tuple, list[int]] = {}
         for index, prompt_key in enumerate(keys):
             groups.setdefault(sharing_key(prompt_key), []).append(index)
@@ -228,12 +229,11 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ one batch
     def _run_group(self, prompts: list[PreparedPrompt], controls: list[RowControl], strategy: DecodingStrategy,
-                   share_prefixes: bool = False, keys: list[PromptKeys] | None = None) -> list[AnswerText]:
-        """`keys`: the prompts' `prompt_keys` (prefix sharing), when computed already."""
+                   keys: list[PromptKeys] | None = None) -> list[AnswerText]:
+        """`keys`: the prompts' `prompt_keys` to share their common prefixes; None: no sharing."""
         batch = collate(prompts, self.pad_token_id)
         runner = ModelRunner(self.model)
-        if share_prefixes:
-            keys = keys if keys is not None else [prompt_keys(prompt, self.image_token_id) for prompt in prompts]
+        if keys is not None:
             # Two forwards while the packed prefixes are short (small prompts: the forwards' fixed cost
             # dominates), else up to three (long prefixes: the packed row's P x P attention would cost more).
             if self.pack_up_to and runner.can_pack:

@@ -202,15 +202,22 @@ def _step(level: list[_Row], prompts: list[PreparedPrompt], keys: list[PromptKey
                        stack_images(images) if images else None, torch.cat(sizes) if sizes else None)
 
 
+def _shared_levels(prompts: list[PreparedPrompt], image_token_id: int,
+                   keys: list[PromptKeys] | None) -> tuple[list[PromptKeys], list[list[_Row]]]:
+    """The prompts' keys (computed unless given) and their simplified sharing levels; no levels for
+    fewer than two prompts (nothing to share)."""
+    if len(prompts) < 2:
+        return [], []
+    keys = keys if keys is not None else [prompt_keys(prompt, image_token_id) for prompt in prompts]
+    return keys, _simplify(_levels(keys))
+
+
 def plan_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_token_id: int,
                         pays_below: float = PAYS_BELOW, keys: list[PromptKeys] | None = None) -> list[PrefillStep] | None:
     """Prefill steps for `prompts` (in this order) sharing common prefixes; None when there is nothing to
     share or the steps would compute more than `pays_below` of a plain prefill's positions. `keys`: the
     prompts' `prompt_keys`, when the caller has them already."""
-    if len(prompts) < 2:
-        return None
-    keys = keys if keys is not None else [prompt_keys(prompt, image_token_id) for prompt in prompts]
-    levels = _simplify(_levels(keys))
+    keys, levels = _shared_levels(prompts, image_token_id, keys)
     if len(levels) < 2:
         return None
     steps = [_step(level, prompts, keys, pad_token_id) for level in levels]
@@ -227,10 +234,7 @@ def pack_shared_prefill(prompts: list[PreparedPrompt], image_token_id: int, pad_
     there is nothing to share, sharing would not pay, the plan has fewer than three steps, or the
     packed row would be longer than `pack_up_to`. `keys`: the prompts' `prompt_keys`, when the caller
     has them already."""
-    if len(prompts) < 2:
-        return None
-    keys = keys if keys is not None else [prompt_keys(prompt, image_token_id) for prompt in prompts]
-    levels = _simplify(_levels(keys))
+    keys, levels = _shared_levels(prompts, image_token_id, keys)
     if len(levels) < 3:
         return None
     *prefix_levels, own_level = levels

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from crystalvlm.worlds.parts.loop import PRECISIONS, PretrainReport, load_pixels, optimise, report, warmup_constant
+from crystalvlm.worlds.parts.loop import (PretrainReport, check_precision, forward_autocast, fresh_model, load_pixels, optimise,
+                                          report, warmup_constant)
 
 
 def pretrain_tiny_clip(
@@ -38,8 +39,7 @@ def pretrain_tiny_clip(
     shapes world; higher ones collapse to chance (docs/tiny-world-status.md). `precision` and
     `attention` as in `lm.pretrain_tiny_lm` (bf16 autocast of the forward; the attention
     implementation trained with, not pinned in the saved config)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"pretrain_tiny_clip: precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision("pretrain_tiny_clip", precision)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     vision = {k: v for k, v in vision_config.items() if k != "model_type"}
@@ -52,7 +52,7 @@ def pretrain_tiny_clip(
         vision_config=vision,
         projection_dim=vision.get("projection_dim", 128),
     )
-    model = CLIPModel._from_config(config, attn_implementation=attention) if attention else CLIPModel(config)
+    model = fresh_model(CLIPModel, config, attention)
     side = vision["image_size"]
     pixels = load_pixels([p for p, _ in pairs], side, image_mean, image_std)  # all images fit in memory at this size
     encoded = tokenizer([c + tokenizer.eos_token for _, c in pairs], add_special_tokens=False, padding=True,
@@ -66,7 +66,7 @@ def pretrain_tiny_clip(
             rng.shuffle(fresh)
             order += fresh
         batch, order = order[:batch_size], order[batch_size:]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with forward_autocast(precision):
             return model(input_ids=encoded["input_ids"][batch], attention_mask=encoded["attention_mask"][batch],
                          pixel_values=pixels[batch], return_loss=True).loss
 

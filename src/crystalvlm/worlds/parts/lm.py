@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from crystalvlm.worlds.parts.loop import PRECISIONS, PretrainReport, optimise, report, warmup_constant
+from crystalvlm.worlds.parts.loop import PretrainReport, check_precision, forward_autocast, fresh_model, optimise, report, warmup_constant
 
 
 def pack_lines(lines: list[list[int]], block: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +115,7 @@ def pretrain_tiny_lm(
     config does not pin it, so a model that loads it picks its own."""
     if packing not in PACKINGS:
         raise ValueError(f"pretrain_tiny_lm: packing must be one of {PACKINGS}, got {packing!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"pretrain_tiny_lm: precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision("pretrain_tiny_lm", precision)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     fields = {k: v for k, v in llm_config.items() if k != "model_type"}
@@ -124,16 +123,14 @@ def pretrain_tiny_lm(
     fields["pad_token_id"] = tokenizer.pad_token_id
     fields["bos_token_id"] = tokenizer.bos_token_id
     fields["eos_token_id"] = tokenizer.eos_token_id
-    config = LlamaConfig(**fields)
-    model = (LlamaForCausalLM._from_config(config, attn_implementation=attention) if attention
-             else LlamaForCausalLM(config))
+    model = fresh_model(LlamaForCausalLM, LlamaConfig(**fields), attention)
     lines = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
     blocks, labels = (pack_lines_best_fit(lines, block, tokenizer.pad_token_id, seed=seed) if packing == "best_fit"
                       else pack_lines(lines, block, tokenizer.pad_token_id))  # (N_blocks, block) each
 
     def step_loss(step: int) -> torch.Tensor:
         batch = torch.tensor([rng.randrange(len(blocks)) for _ in range(batch_size)])  # blocks drawn with replacement
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with forward_autocast(precision):
             return model(input_ids=blocks[batch], labels=labels[batch]).loss  # (B, block) in, a scalar out
 
     losses, seconds = optimise(model, step_loss, steps, lr, warmup_constant(50), weight_decay=0.1,

@@ -23,6 +23,23 @@ from crystalvlm.data.images import expand_to_square
 PRECISIONS = ("fp32", "bf16")  # a pretrainer's forward: fp32, or under CPU bf16 autocast (weights stay fp32)
 
 
+def check_precision(who: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"{who}: precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def forward_autocast(precision: str):
+    """The context a pretrainer's forward runs in: CPU bf16 autocast for "bf16" (matrix products in bf16,
+    weights, gradients and optimizer state in fp32), nothing for "fp32"."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def fresh_model(model_class, config, attention: str | None):
+    """A randomly initialised `model_class` for `config`, with the attention implementation `attention`
+    (None: transformers' default)."""
+    return model_class._from_config(config, attn_implementation=attention) if attention else model_class(config)
+
+
 @dataclass
 class PretrainReport:
     steps: int
